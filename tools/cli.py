@@ -1,0 +1,52 @@
+"""`npggml` console entry point.
+
+Each subcommand lives in its own module under `npggml.tools` and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int`.
+User errors (`NpggmlError`) become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from npggml.errors import NpggmlError
+
+SUBCOMMANDS = ["encode", "inspect", "make_gguf", "graph", "trace", "compare", "bench"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default prints usage; keep it to one line and exit 2
+        sys.stderr.write(f"npggml: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="npggml", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        try:
+            mod = importlib.import_module(f"npggml.tools.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"npggml.tools.{name}":
+                continue  # subcommand not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NpggmlError as e:
+        sys.stderr.write(f"npggml: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("npggml: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
