@@ -1,0 +1,81 @@
+"""mul_mat (ggml-semantics §2.12).
+
+`mul_mat(a [K, M, a2, a3], b [K, N, b2, b3]) -> [M, N, b2, b3]`, `out[m, n] = sum_k a[k, m] b[k, n]`, with a
+broadcast over dims 2/3 by integer division (GQA style). Under "ggml" numerics b is first converted to a's
+vec_dot type as the CPU does (F16 for F16 weights, BF16 for BF16, Q8_0 blocks for Q4_0/Q8_0, Q8_K blocks for
+K-quants), so results track llama.cpp's at that precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npggml.graph.tensor import is_quantized
+from npggml.ops.registry import Out, ggml_numerics, op, require
+
+F32 = np.float32
+
+
+def _mul_mat_flops(n) -> float:
+    return 2.0 * n.srcs[0].ne[0] * n.nelements
+
+
+@op("mul_mat", ggml="MUL_MAT", srcs=2, flops=_mul_mat_flops)
+def mul_mat(a, b):
+    require(a.ne[0] == b.ne[0], f"inner dims differ: a.ne0 = {a.ne[0]}, b.ne0 = {b.ne[0]}")
+    require(b.ne[2] % a.ne[2] == 0 and b.ne[3] % a.ne[3] == 0, "a must broadcast over b's dims 2 and 3")
+    require(not a.nb[0] > a.nb[1], "a must not be transposed")
+    return Out((a.ne[1], b.ne[1], b.ne[2], b.ne[3]), "f32")
+
+
+def _round_q8(x: np.ndarray, block: int, f16_scale: bool) -> np.ndarray:
+    """Quantise rows in blocks (Q8_0: d = amax/127 stored as f16; Q8_K: d = -max/127 in f32) and back."""
+    shape = x.shape
+    xb = x.reshape(*shape[:-1], shape[-1] // block, block).astype(F32)
+    if f16_scale:
+        d = np.abs(xb).max(axis=-1, keepdims=True) / F32(127)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(d > 0, np.rint(xb * (F32(1) / d)), F32(0))
+        d = d.astype(np.float16).astype(F32)
+    else:
+        amax_idx = np.abs(xb).argmax(axis=-1)[..., None]
+        mx = np.take_along_axis(xb, amax_idx, axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iscale = np.where(mx != 0, F32(-127) / mx, F32(0))
+            q = np.minimum(np.rint(iscale * xb), F32(127))
+            d = np.where(iscale != 0, F32(1) / iscale, F32(0))
+    return (q * d).reshape(shape)
+
+
+def vec_dot_round(b: np.ndarray, a_type: str) -> np.ndarray:
+    """b as the CPU sees it after conversion to a's vec_dot type."""
+    if a_type == "f16":
+        return b.astype(np.float16).astype(F32)
+    if a_type == "bf16":
+        from npggml.graph.interp import bf16_to_f32, f32_to_bf16
+
+        return bf16_to_f32(f32_to_bf16(b))
+    if a_type in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"):
+        return _round_q8(b, 32, f16_scale=True)
+    if is_quantized(a_type):
+        return _round_q8(b, 256, f16_scale=False)
+    return b
+
+
+def broadcast_a(a: np.ndarray, b_shape: tuple) -> np.ndarray:
+    r2, r3 = b_shape[1] // a.shape[1], b_shape[0] // a.shape[0]
+    if r2 > 1:
+        a = np.repeat(a, r2, axis=1)
+    if r3 > 1:
+        a = np.repeat(a, r3, axis=0)
+    return a
+
+
+@mul_mat.kernel
+def _mul_mat(out, a, b):
+    a_type = out.srcs[0].dtype
+    a = a.astype(F32, copy=False)
+    b = b.astype(F32, copy=False)
+    if ggml_numerics():
+        b = vec_dot_round(b, a_type)
+    return np.matmul(b, broadcast_a(a, b.shape).swapaxes(-1, -2))
