@@ -93,17 +93,25 @@ def _filter_rows(img: np.ndarray, n_out: int) -> np.ndarray:
     """One uint8 -> uint8 filtering pass along axis 0 of a C-contiguous array."""
     n_in = img.shape[0]
     first, _, weights = axis_coefficients(n_in, n_out)
-    src = img.astype(np.int32)
-    acc = np.full((n_out, *img.shape[1:]), _HALF, dtype=np.int32)
-    term = np.empty_like(acc)
-    wcol = weights.reshape(weights.shape + (1,) * (img.ndim - 1))
-    for k in range(weights.shape[1]):
-        # Taps beyond a pixel's `count` have weight 0; clamp their index so the gather stays in bounds.
-        np.take(src, np.minimum(first + k, n_in - 1), axis=0, out=term)
-        term *= wcol[:, k]
-        acc += term
-    np.right_shift(acc, PRECISION_BITS, out=acc)  # arithmetic shift: floor, as in C
-    return np.clip(acc, 0, 255).astype(np.uint8)
+    out = np.empty((n_out, *img.shape[1:]), dtype=np.uint8)
+    row = img[0].size
+    # Blocks of output rows bound the int32 scratch memory (about 8 MB per buffer) for large pages.
+    step = max(1, (1 << 21) // max(row, 1))
+    for lo in range(0, n_out, step):
+        hi = min(lo + step, n_out)
+        acc = np.full((hi - lo, *img.shape[1:]), _HALF, dtype=np.int32)
+        term = np.empty_like(acc)
+        taps = np.empty(acc.shape, dtype=np.uint8)
+        wcol = weights[lo:hi].reshape((hi - lo, weights.shape[1]) + (1,) * (img.ndim - 1))
+        for k in range(weights.shape[1]):
+            # Taps beyond a pixel's count have weight 0; clamp their index to stay in bounds.
+            np.take(img, np.minimum(first[lo:hi] + k, n_in - 1), axis=0, out=taps)
+            np.multiply(taps, wcol[:, k], out=term)
+            acc += term
+        np.right_shift(acc, PRECISION_BITS, out=acc)  # arithmetic shift: floor, as in C
+        np.clip(acc, 0, 255, out=acc)
+        out[lo:hi] = acc
+    return out
 
 
 def _filter_columns(img: np.ndarray, n_out: int) -> np.ndarray:

@@ -269,6 +269,15 @@ def test_pillow_pass_order_rule_at_its_boundary(w, h, out_w, out_h, vertical_fir
     assert not np.array_equal(resize_u8(img, (out_w, out_h), vertical_first=not vertical_first), pil)
 
 
+def test_resampler_single_channel_and_identity():
+    img = np.random.default_rng(3).integers(0, 256, (61, 47), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(img, "L").resize((90, 33), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(resize_u8(img, (90, 33)), pil)
+    same = resize_u8(img, (47, 61))
+    np.testing.assert_array_equal(same, img)
+    assert same is not img
+
+
 def test_resampler_speed():
     img = page("doc_1500x1000")
     best = min(_timed(resize_u8, img, (1920, 1280)) for _ in range(3))
