@@ -47,6 +47,7 @@ def ggml_type_name(qtype: GGMLQuantizationType) -> str:
 
 
 SUPPORTED_TYPE_NAMES = ", ".join(ggml_type_name(t) for t in SUPPORTED_TYPES)
+_VALUE_TYPE_IDS = frozenset(int(v) for v in GGUFValueType)
 
 
 class _Truncated(Exception):
@@ -78,6 +79,12 @@ class _CheckedReader(GGUFReader):
         if end > self.data.size:
             raise _Truncated(self._section, int(offset), end)
         return super()._get(offset, dtype, count, override_order)
+
+    def _get_field_parts(self, orig_offs, raw_type):
+        if int(raw_type) not in _VALUE_TYPE_IDS:
+            raise MalformedGGUFError(self._path, f"unknown value type id {int(raw_type)} in the {self._section}",
+                                     f"a GGUF value type id {min(_VALUE_TYPE_IDS)} .. {max(_VALUE_TYPE_IDS)}")
+        return super()._get_field_parts(orig_offs, raw_type)
 
     def _build_fields(self, offs, count):
         self._section = f"metadata ({int(count)} keys)"

@@ -240,20 +240,18 @@ def _check_shared_keys(r: _Reading) -> None:
 
 def read_deepseekocr(meta: Metadata, shape_of: ShapeLookup) -> tuple[HParams, dict[str, str]]:
     """v1: SAM + CLIP-L body + linear projector."""
+    split = _has(shape_of, "v.blk.0.attn_q.weight") and not _has(shape_of, "v.blk.0.attn_qkv.weight")
+    if split and _has(shape_of, "v.class_embd"):
+        # llama.cpp would accept these; no converter writes them for DeepSeek-OCR, so npggml does not
+        raise MmprojContentError(meta.path, "v1 CLIP with split attn_q/attn_k/attn_v tensors is not supported",
+                                 "fused v.blk.N.attn_qkv.weight as llama.cpp's converter writes it")
     r = _Reading(meta, shape_of)
     consts = _read_shared(r, "deepseekocr")
     r.override("eps", "clip.vision.attention.layer_norm_epsilon", "FLOAT32", consts.eps_override)
     r.set("n_head_kv", r.values["n_head"], "default")
     # The converter writes feed_forward_length = 4 * heads (a bug); llama.cpp takes the width from the tensors.
     meta.get("clip.vision.feed_forward_length", "UINT32")
-    try:
-        r.tensor_dim("n_ff", "v.blk.0.ffn_up.weight", 1)
-    except MissingTensorError:
-        if _has(shape_of, "v.blk.0.attn_q.weight"):
-            raise MmprojContentError(
-                meta.path, "v1 CLIP with split attn_q/attn_k/attn_v tensors is not supported",
-                "fused v.blk.N.attn_qkv.weight as llama.cpp's converter writes it") from None
-        raise
+    r.tensor_dim("n_ff", "v.blk.0.ffn_up.weight", 1)
     if r.values["n_ff"] > MAX_WIDTH * 4:
         r.fail("n_ff", f"at most {MAX_WIDTH * 4}")
     return r.build()
