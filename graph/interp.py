@@ -109,8 +109,12 @@ class Interpreter:
             observe: Callable[[Tensor, np.ndarray, float], bool] | None = None) -> list[np.ndarray]:
         """Compute the graph; returns a copy of each output's value, in the order of `graph.outputs`."""
         g = self.graph
+        members = {id(t) for t in g.leafs} | {id(t) for t in g.nodes}
         for key, val in (inputs or {}).items():
-            self.set_input(g.find(key) if isinstance(key, str) else key, val)
+            t = g.find(key) if isinstance(key, str) else key
+            if id(t) not in members:
+                raise NpggmlError(f"input {t.name!r} is not part of this graph")
+            self.set_input(t, val)
         for leaf in g.leafs:
             if leaf.data is None and id(leaf) not in self.buffers:
                 raise NpggmlError(f"graph input {leaf.name!r} {leaf.ne_str()} was not set")
