@@ -48,7 +48,7 @@ def _empty_error(what: str, w: int, h: int) -> ImageError:
     return ImageError(f"image {what} is empty ({w}x{h} pixels); expected at least 1x1 pixel")
 
 
-def check_rgb(img: Image.Image, what: str = "<image>") -> Image.Image:
+def to_rgb(img: Image.Image, what: str = "<image>") -> Image.Image:
     """Convert an in-memory PIL image to RGB exactly as `Image.convert('RGB')`, refusing 0 pixels."""
     if img.width <= 0 or img.height <= 0:
         raise _empty_error(what, img.width, img.height)
@@ -83,7 +83,7 @@ def load_image(path_or_file: PathOrFile, exif_transpose: bool = False) -> Image.
             with Image.open(path_or_file) as im:
                 im.load()
                 page = ImageOps.exif_transpose(im) if exif_transpose else im
-                rgb = check_rgb(page, what)
+                rgb = to_rgb(page, what)
                 return rgb.copy() if rgb is im else rgb
     except ImageError:
         raise
@@ -122,5 +122,5 @@ def as_rgb_array(image: PathOrFile | Image.Image | np.ndarray) -> np.ndarray:
             raise _empty_error("<array>", image.shape[1], image.shape[0])
         return np.ascontiguousarray(image)
     if isinstance(image, Image.Image):
-        return np.asarray(check_rgb(image)).copy()
+        return np.asarray(to_rgb(image)).copy()
     return np.asarray(load_image(image)).copy()
