@@ -69,7 +69,7 @@ class _CheckedReader(GGUFReader):
             raise MalformedGGUFError(
                 path, f"truncated: the {t.section} at byte {t.offset} runs past the end of the file "
                 f"({self.data.size} bytes)", "a complete GGUF file") from None
-        except (ValueError, KeyError, IndexError, TypeError, OverflowError, MemoryError) as e:
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError) as e:
             detail = e.args[0] if e.args else type(e).__name__
             raise MalformedGGUFError(path, f"invalid {self._section}: {detail}",
                                      "a well-formed GGUF file") from None

@@ -167,6 +167,8 @@ class _Reading:
     def fail(self, field: str, expected: str) -> None:
         source = self.sources[field]
         label = source[4:] if source.startswith("key:") else field
+        if source.startswith("tensor:"):
+            label = f"{field} from {source[7:]}"
         raise MmprojContentError(self.meta.path, f"{label} = {self.values[field]!r}", expected)
 
     def build(self) -> tuple[HParams, dict[str, str]]:

@@ -212,7 +212,7 @@ CASES = [
     ("mean_two_values", V1, with_keys({"clip.vision.image_mean": (V.ARRAY, [0.5, 0.5])}),
      MmprojContentError, "clip.vision.image_mean = (0.5, 0.5) (expected 3 finite values"),
     ("sam_out_not_width", V2, with_keys({WIDTH: (V.UINT32, 128)}),
-     MmprojContentError, "sam_out_channels = 64 (expected clip.vision.embedding_length = 128"),
+     MmprojContentError, "sam_out_channels from v.sam.net_3.weight = 64 (expected clip.vision.embedding_length"),
     ("split_qkv", V1, with_tensors(SPLIT_QKV, drop=[f"v.blk.{i}.attn_qkv.{n}" for i in range(12)
                                                     for n in ("weight", "bias")]),
      MmprojContentError, "split attn_q/attn_k/attn_v tensors is not supported (expected fused"),
@@ -257,6 +257,24 @@ def test_good_files_still_load(good, tmp_path):
     assert model.unused == ["v.patch_embd.weight", "v.something_new"]
     with pytest.raises(UnsupportedGGUFError, match="v.something_new has type q4_1"):
         model.get("v.something_new").data()
+
+
+def test_optional_keys_take_llama_cpp_defaults(good, tmp_path):
+    optional = ["clip.vision.preproc_min_tiles", "clip.vision.preproc_max_tiles", "clip.use_gelu"]
+    for arch, max_tiles in ((V1, 9), (V2, 6)):
+        path = tmp_path / f"{arch}.gguf"
+        rewrite(good[arch], path, drop_keys=optional, keys={"clip.vision.preproc_min_tiles": (V.UINT32, 3)})
+        model = load_mmproj(path)
+        hp = model.hparams
+        assert (hp.min_tiles, hp.max_tiles, hp.use_gelu) == (3, max_tiles, False)
+        assert model.sources["min_tiles"] == "key:clip.vision.preproc_min_tiles"
+        assert model.sources["max_tiles"] == model.sources["use_gelu"] == "default"
+
+
+def test_gguf_version_2_is_accepted(good, tmp_path):
+    path = tmp_path / "v2.gguf"
+    header_word(4, (2).to_bytes(4, "little"))(good[V1], path)
+    assert load_mmproj(path).gguf_version == 2
 
 
 @pytest.mark.parametrize("name", ["wrong_magic", "cut_in_tensor_data", "zero_heads"])

@@ -18,7 +18,8 @@ from npggml.models.gguf_io import Mmproj, load_mmproj
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="show the projector, hparams and tensors of an mmproj GGUF",
-                              description=__doc__.splitlines()[2])
+                              description="Show the projector type, every hyper-parameter with where its value "
+                                          "came from, the file's keys and a tensor table.")
     p.add_argument("file", help="mmproj .gguf file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
