@@ -1,4 +1,8 @@
-"""A corpus of damaged or wrong mmproj files: each must fail with one clear `GGUFError` line, never a traceback."""
+"""Edited copies of a tiny mmproj, made by GGUF surgery.
+
+The bad-file corpus: each damaged or wrong file must fail with one clear `GGUFError` line, never a traceback.
+The same helpers build valid variants too: every supported tensor type, optional keys left out, GGUF v2.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ def good(tmp_path_factory) -> dict[str, Path]:
 def rewrite(src: Path, dst: Path, *, keys: dict | None = None, drop_keys=(), drop_tensors=(),
             tensors: dict | None = None) -> None:
     """Copy a GGUF through gguf's reader and writer, replacing keys ({key: (GGUFValueType, value)}) and tensors
-    ({name: (array, ggml type)} in NumPy order)."""
+    ({name: (array, ggml type)} in NumPy order; float arrays are quantised, uint8 arrays are raw blocks)."""
     reader = gguf.GGUFReader(src)
     writer = gguf.GGUFWriter(dst, "clip")
     writer.kv_data[0].clear()
@@ -58,16 +62,21 @@ def rewrite(src: Path, dst: Path, *, keys: dict | None = None, drop_keys=(), dro
         if t.name in drop_tensors:
             continue
         if t.name in replaced:
-            values, qtype = replaced.pop(t.name)
-            writer.add_tensor(t.name, gguf.quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
+            writer.add_tensor(t.name, *encode(*replaced.pop(t.name)))
         else:
             writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
     for name, (values, qtype) in replaced.items():  # new tensors
-        writer.add_tensor(name, gguf.quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
+        writer.add_tensor(name, *encode(values, qtype))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def encode(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, None, Q]:
+    if values.dtype != np.uint8:
+        values = gguf.quants.quantize(values.astype(np.float32), qtype)
+    return values, None, qtype
 
 
 def patch_bytes(src: Path, dst: Path, edit: Callable[[bytearray], bytes | bytearray]) -> None:
@@ -257,6 +266,37 @@ def test_good_files_still_load(good, tmp_path):
     assert model.unused == ["v.patch_embd.weight", "v.something_new"]
     with pytest.raises(UnsupportedGGUFError, match="v.something_new has type q4_1"):
         model.get("v.something_new").data()
+
+
+def k_quant_blocks(qtype: Q, n_rows: int, n_cols: int) -> np.ndarray:
+    """Random K-quant blocks (gguf-py cannot quantise to these) with small finite f16 super-block scales."""
+    rng = np.random.default_rng(int(qtype))
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, (n_rows * n_cols // block, size), dtype=np.uint8)
+    scale_at = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (size - 2,)}[qtype]  # d (and dmin) per ggml-common.h
+    for at in scale_at:
+        scales = (rng.random(len(blocks)) * 0.01).astype(np.float16)
+        blocks[:, at:at + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(n_rows, n_cols // block * size)
+
+
+@pytest.mark.parametrize("qtype", [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q5_K, Q.Q6_K])
+def test_supported_types_dequantise_through_gguf(good, tmp_path, qtype):
+    name = "v.blk.0.ffn_down.weight"  # ne [256, 64]: whole blocks for every type
+    if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        values = k_quant_blocks(qtype, 64, 256)
+    else:
+        values = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    path = tmp_path / "typed.gguf"
+    rewrite(good[V1], path, tensors={name: (values, qtype)})
+    stored = next(t for t in gguf.GGUFReader(path).tensors if t.name == name)
+    assert stored.tensor_type == qtype
+    w = load_mmproj(path).get(name)
+    assert w.ggml_type == {Q.Q4_K: "q4_K", Q.Q5_K: "q5_K", Q.Q6_K: "q6_K"}.get(qtype, qtype.name.lower())
+    got = w.data()
+    assert got.shape == (64, 256) and got.dtype == np.float32 and np.isfinite(got).all()
+    assert np.array_equal(got, gguf.quants.dequantize(stored.data, qtype))
+    assert got.std() > 0
 
 
 def test_optional_keys_take_llama_cpp_defaults(good, tmp_path):
