@@ -56,7 +56,11 @@ class _Truncated(Exception):
 
 
 class _CheckedReader(GGUFReader):
-    """`GGUFReader` with bounds checks, so damaged files fail with a message saying what is wrong where."""
+    """`GGUFReader` with bounds checks, so damaged files fail with a message saying what is wrong where.
+
+    The parsing stays gguf's: these overrides of its internal steps (`_get`, `_get_field_parts`, `_build_*`,
+    as in gguf-py 0.19) only check a step's input, note which section is being read, then call the original.
+    """
 
     def __init__(self, path: str):
         self._path = path
