@@ -79,8 +79,8 @@ class Progress:
 
 
 def draw_grid(image_path: str, views, out: Path) -> None:
-    """The page with the chosen tile grid drawn on it."""
-    from PIL import ImageDraw
+    """The page with the chosen tile grid drawn on it, tiles numbered in encoding (row-major) order."""
+    from PIL import ImageDraw, ImageFont
 
     from npggml.preprocess import load_image
 
@@ -88,19 +88,25 @@ def draw_grid(image_path: str, views, out: Path) -> None:
     draw = ImageDraw.Draw(img)
     w, h = img.size
     width = max(2, min(w, h) // 200)
+    font = ImageFont.load_default(size=max(12, min(w, h) // 25))
+    red = (220, 0, 0)
     if views.grid is not None:
         gw, gh = views.grid
-        for i in range(1, gw):
-            x = round(i * w / gw)
-            draw.line([(x, 0), (x, h)], fill=(255, 0, 0), width=width)
-        for j in range(1, gh):
-            y = round(j * h / gh)
-            draw.line([(0, y), (w, y)], fill=(255, 0, 0), width=width)
+        xs = [round(i * w / gw) for i in range(gw + 1)]
+        ys = [round(j * h / gh) for j in range(gh + 1)]
+        for x in xs[1:-1]:
+            draw.line([(x, 0), (x, h)], fill=red, width=width)
+        for y in ys[1:-1]:
+            draw.line([(0, y), (w, y)], fill=red, width=width)
+        for k in range(gw * gh):
+            c, r = k % gw, k // gw
+            draw.text(((xs[c] + xs[c + 1]) / 2, (ys[r] + ys[r + 1]) / 2), str(k), fill=red, font=font,
+                      anchor="mm", stroke_width=2, stroke_fill=(255, 255, 255))
         label = f"{gw}x{gh} tiles of {views.tile_size} + global 1024"
     else:
         label = "no tiles: global 1024 view only"
-    draw.rectangle([0, 0, w - 1, h - 1], outline=(255, 0, 0), width=width)
-    draw.text((8, 8), label, fill=(255, 0, 0))
+    draw.rectangle([0, 0, w - 1, h - 1], outline=red, width=width)
+    draw.text((2 * width, 2 * width), label, fill=red, font=font, stroke_width=2, stroke_fill=(255, 255, 255))
     img.save(out)
 
 
