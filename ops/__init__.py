@@ -1,3 +1,14 @@
 """Op declarations: importing this package registers every op (see `npggml.ops.registry`)."""
 
-from npggml.ops import attention, elementwise, linalg, movement, reduce  # noqa: F401
+from npggml.ops import (  # noqa: F401
+    attention,
+    conv,
+    elementwise,
+    interpolate,
+    linalg,
+    misc,
+    movement,
+    reduce,
+    rope,
+    sam,
+)

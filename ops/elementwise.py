@@ -12,6 +12,7 @@ import functools
 
 import numpy as np
 
+from npggml.ops._libm import erff, expf, fma32, tanhf, v_silu_rows
 from npggml.ops._special import erf
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
@@ -113,17 +114,19 @@ def _clamp(out, a, min, max):
 SQRT_2_OVER_PI = F32(0.79788456080286535587989211986876)
 GELU_COEF_A = F32(0.044715)
 GELU_QUICK_COEF = F32(-1.702)
+SQRT_2_INV = F32(0.70710678118654752440084436210484)
 
 
 def gelu_tanh_f32(x: np.ndarray) -> np.ndarray:
     x = _f32(x)
-    return F32(0.5) * x * (F32(1) + np.tanh(SQRT_2_OVER_PI * x * (F32(1) + GELU_COEF_A * x * x)))
+    # glibc tanhf; GCC fuses GELU_COEF_A*x*x + 1 into an fma (this reproduces ggml_table_gelu_f16 exactly)
+    return F32(0.5) * x * (F32(1) + tanhf(SQRT_2_OVER_PI * x * fma32(GELU_COEF_A * x, x, F32(1))))
 
 
 def gelu_quick_f32(x: np.ndarray) -> np.ndarray:
     x = _f32(x)
     with np.errstate(over="ignore"):
-        return x * (F32(1) / (F32(1) + np.exp(GELU_QUICK_COEF * x)))
+        return x * (F32(1) / (F32(1) + expf(GELU_QUICK_COEF * x)))
 
 
 @functools.cache
@@ -157,22 +160,29 @@ def _gelu_quick(x):
 
 
 def _gelu_erf(x):
-    """0.5 x (1 + erf(x / sqrt 2)); erf from libm in double, rounded to float32."""
+    """0.5 x (1 + erf(x / sqrt 2)) in float32 with glibc erff, as ggml_vec_gelu_erf_f32."""
     x = _f32(x)
-    e = erf(x.astype(np.float64) * 0.70710678118654752440).astype(F32)
-    return F32(0.5) * x * (F32(1) + e)
+    if not ggml_numerics():
+        e = erf(x.astype(np.float64) * 0.70710678118654752440).astype(F32)
+        return F32(0.5) * x * (F32(1) + e)
+    return F32(0.5) * x * (F32(1) + erff(x * SQRT_2_INV))
 
 
 def _silu(x):
     x = _f32(x)
     with np.errstate(over="ignore"):
-        return x / (F32(1) + np.exp(-x))
+        return x / (F32(1) + expf(-x))
+
+
+def _silu_f32_rows(x):
+    """F32 SILU under ggml numerics: the SIMD rows of ggml_vec_silu_f32."""
+    return v_silu_rows(x) if ggml_numerics() else _silu(x)
 
 
 def _sigmoid(x):
     x = _f32(x)
     with np.errstate(over="ignore"):
-        return F32(1) / (F32(1) + np.exp(-x))
+        return F32(1) / (F32(1) + expf(-x))
 
 
 UNARY = {
@@ -181,9 +191,9 @@ UNARY = {
     "gelu_quick": _gelu_quick,
     "silu": _silu,
     "relu": lambda x: np.maximum(_f32(x), F32(0)),
-    "tanh": lambda x: np.tanh(_f32(x)),
+    "tanh": lambda x: tanhf(_f32(x)),
     "sigmoid": _sigmoid,
-    "exp": lambda x: np.exp(_f32(x)),
+    "exp": lambda x: expf(_f32(x)),
 }
 
 
@@ -198,6 +208,8 @@ def _unary(name: str, fn):
     @d.kernel
     def _k(out, a):
         with np.errstate(over="ignore", invalid="ignore"):
+            if name == "silu" and out.dtype == "f32":
+                return _silu_f32_rows(a)
             return fn(a)
 
     return d
@@ -211,6 +223,11 @@ for _name, _fn in UNARY.items():
 
 
 def _glu(name: str, act):
+    def _act(out, x):
+        if act is _silu and out.dtype == "f32":
+            return _silu_f32_rows(x)  # ggml_vec_swiglu_f32: the SIMD SILU rows
+        return act(x)
+
     def split_rule(a, b):
         require(a.ne == b.ne, f"a {a.ne_str()} and b {b.ne_str()} must have the same shape")
         return Out(a.ne, a.dtype)
@@ -225,13 +242,13 @@ def _glu(name: str, act):
 
     @split.kernel
     def _ks(out, a, b):
-        return act(a) * _f32(b)
+        return _act(out, a) * _f32(b)
 
     @fused.kernel
     def _kf(out, a, swapped=False):
         n = a.shape[-1] // 2
         x, g = (a[..., n:], a[..., :n]) if swapped else (a[..., :n], a[..., n:])
-        return act(x) * _f32(g)
+        return _act(out, x) * _f32(g)
 
     return split, fused
 
