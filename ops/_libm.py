@@ -81,21 +81,31 @@ _C5, _C4, _C3, _C2, _C1 = (F32(_X(h)) for h in ("0x1.0e4020p-7", "0x1.573e2ep-5"
                                                    "0x1.fffdb6p-2", "0x1.ffffecp-1"))
 
 
+@numba.vectorize(["float32(float32)"], cache=True)
+def _v_expf1(x):
+    f64 = np.float64
+    z = np.float32(f64(x) * f64(_LOG2E) + f64(_SHIFT))
+    n = np.float32(z - _SHIFT)
+    t = np.float32(-f64(n) * f64(_LN2_HI) + f64(x))
+    b = np.float32(-f64(n) * f64(_LN2_LO) + f64(t))
+    u = np.float32(b * b)
+    p1 = np.float32(f64(_C5) * f64(b) + f64(_C4))
+    p2 = np.float32(f64(_C3) * f64(b) + f64(_C2))
+    p3 = np.float32(f64(_C1) * f64(b) + 1.0)
+    j = np.float32(f64(np.float32(f64(p1) * f64(u) + f64(p2))) * f64(u) + f64(p3))
+    if math.isnan(n):
+        return np.float32(math.nan)
+    if abs(n) > 192:
+        return np.float32(0.0) if n <= 0 else np.float32(math.inf)
+    return np.float32(math.ldexp(f64(j), int(n)))
+
+
 def v_expf(x: np.ndarray) -> np.ndarray:
     """ggml_v_expf (AVX-512 flavour): a range reduction by ln2 and a degree-5 polynomial, all fused
-    multiply-adds, scaled by 2**n; |n| > 192 saturates to 0 or inf. Differs from expf by ~1 ulp."""
-    x = np.asarray(x, F32)
+    multiply-adds (emulated in double, see `fma32`), scaled by 2**n; |n| > 192 saturates to 0 or inf. Differs
+    from expf by ~1 ulp."""
     with np.errstate(invalid="ignore", over="ignore"):
-        z = fma32(x, _LOG2E, _SHIFT)
-        n = z - _SHIFT
-        b = fma32(-n, _LN2_LO, fma32(-n, _LN2_HI, x))
-        u = b * b
-        j = fma32(fma32(fma32(_C5, b, _C4), u, fma32(_C3, b, _C2)), u, fma32(_C1, b, F32(1)))
-        big = np.abs(n) > 192
-        ni = np.where(np.isfinite(n) & ~big, n, 0).astype(np.int32)
-        res = np.ldexp(j, ni).astype(F32)
-        res = np.where(np.isnan(n), np.nan, res).astype(F32)
-        return np.where(big, np.where(n <= 0, F32(0), F32(np.inf)), res).astype(F32)
+        return _v_expf1(np.asarray(x, F32))
 
 
 def reduce_add16(v: np.ndarray) -> np.ndarray:
