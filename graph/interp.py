@@ -138,9 +138,10 @@ class Interpreter:
         try:
             srcs = [self.value(s) if s is not None else None for s in node.srcs]
             if self.fast and d.fast is not None:
-                self.kernel_used[i] = "fast"
-                d.fast(self.array(node), node, *srcs, **node.params)
-                return
+                # a fast kernel returns NotImplemented to decline (a type or layout it does not handle)
+                if d.fast(self.array(node), node, *srcs, **node.params) is not NotImplemented:
+                    self.kernel_used[i] = "fast"
+                    return
             self.kernel_used[i] = "ref"
             result = d.ref(node, *srcs, **node.params)
             result = np.asarray(result)

@@ -12,3 +12,4 @@ from npggml.ops import (  # noqa: F401
     rope,
     sam,
 )
+from npggml.ops import fast  # noqa: F401,E402  (fast kernels and fused ops; imported last)

@@ -9,7 +9,8 @@ Kernel contract:
 - `ref(out, *srcs, **params) -> ndarray`: `out` is the node being computed (for its ne/dtype), each src is a
   NumPy array in NumPy order (`shape == reversed(ne)`, possibly strided; bf16 arrives as float32). It returns
   an array of shape `out.shape`; the interpreter converts it to `out.dtype` while storing it.
-- `fast(dst, out, *srcs, **params) -> None`: writes the result into `dst` (preallocated, `out.shape`).
+- `fast(dst, out, *srcs, **params) -> None`: writes the result into `dst` (preallocated, `out.shape`), or
+  returns `NotImplemented` without writing to decline (the interpreter then runs the reference kernel).
 Pure views (`view_*`, `reshape_*`, `permute`, `transpose`) have no kernel: their value is a strided window on
 their root's storage.
 """

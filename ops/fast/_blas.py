@@ -1,0 +1,152 @@
+"""NumPy's BLAS, driven from a small pool of Python threads instead of OpenBLAS's own threads.
+
+OpenBLAS worker threads busy-wait for a while after every call; with Numba's worker threads running kernels
+between GEMMs on the same cores, the two pools fight (a tiny-model encode ran 3-4x slower). So the fast kernels
+switch OpenBLAS to one thread (once, on first use; `blas_threads` restores it for callers that want NumPy's
+default back) and split each product over `workers()` Python threads themselves: `np.matmul` releases the GIL,
+so each thread runs a single-threaded sgemm on its share of the batch or of the rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+_lib = None
+_set = None
+_get = None
+_pool: ThreadPoolExecutor | None = None
+_switched = False
+
+
+def _load() -> None:
+    global _lib, _set, _get
+    if _lib is not None:
+        return
+    _lib = False
+    libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*.so*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                try:
+                    s = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+                    g = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+                except AttributeError:
+                    continue
+                s.argtypes, s.restype = [ctypes.c_int], None
+                g.argtypes, g.restype = [], ctypes.c_int
+                _lib, _set, _get = lib, s, g
+                return
+
+
+def get_threads() -> int | None:
+    _load()
+    return _get() if _get else None
+
+
+def set_threads(n: int) -> None:
+    _load()
+    if _set:
+        _set(int(n))
+
+
+_default_threads: int | None = None
+
+
+def use_own_threads() -> None:
+    """OpenBLAS to one thread, once (the pool provides the parallelism)."""
+    global _switched, _default_threads
+    if not _switched:
+        _switched = True
+        _default_threads = get_threads()
+        set_threads(1)
+
+
+@contextlib.contextmanager
+def blas_threads(n: int | None = None):
+    """OpenBLAS with `n` threads (default: what it had before the fast kernels switched it) inside the block."""
+    old = get_threads()
+    set_threads(n if n is not None else (_default_threads or old or 1))
+    try:
+        yield
+    finally:
+        if old is not None:
+            set_threads(old)
+
+
+def workers() -> int:
+    return max(1, numba.get_num_threads())
+
+
+def pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="npggml-blas")
+    return _pool
+
+
+def _spans(n: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-n // parts)
+    return [(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def run_split(fn, n: int, min_chunk: int = 1) -> None:
+    """fn(lo, hi) over [0, n) split into `workers()` spans run on the pool (inline when one span)."""
+    parts = max(1, min(workers(), n // max(1, min_chunk)))
+    spans = _spans(n, parts)
+    if len(spans) == 1:
+        fn(0, n)
+        return
+    futs = [pool().submit(fn, lo, hi) for lo, hi in spans[1:]]
+    fn(*spans[0])
+    for f in futs:
+        f.result()
+
+
+def gemms(tasks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """out = x @ y for each 2-D (x, y, out) task, spread over the pool: whole tasks when there are enough of
+    them, else the rows of each product."""
+    use_own_threads()
+    if not tasks:
+        return
+    n_w = workers()
+    flops = sum(2 * o.size * x.shape[-1] for x, _, o in tasks)
+    if n_w == 1 or flops < 1 << 22:
+        for x, y, o in tasks:
+            np.matmul(x, y, out=o)
+        return
+    if len(tasks) >= 2 * n_w or len(tasks) % n_w == 0:
+
+        def some(lo, hi):
+            for x, y, o in tasks[lo:hi]:
+                np.matmul(x, y, out=o)
+
+        run_split(some, len(tasks))
+        return
+    for x, y, o in tasks:
+
+        def rows(lo, hi, x=x, y=y, o=o):
+            np.matmul(x[lo:hi], y, out=o[lo:hi])
+
+        run_split(rows, o.shape[0], min_chunk=16)
+
+
+def matmul(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """np.matmul(x, y, out=out) for stacks `(..., N, K) @ (..., K, M)` of one batch shape, on the pool."""
+    if out.ndim == 2:
+        gemms([(x, y, out)])
+        return
+    batch = out.shape[:-2]
+    x = np.broadcast_to(x, (*batch, *x.shape[-2:]))
+    y = np.broadcast_to(y, (*batch, *y.shape[-2:]))
+    gemms([(x[i], y[i], out[i]) for i in np.ndindex(*batch)])

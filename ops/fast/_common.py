@@ -1,0 +1,111 @@
+"""Shared Numba helpers: ggml's SIMD exp, float32 <-> float16 bit conversion, kernel decorator, layout checks."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+F32 = np.float32
+F64 = np.float64
+
+# every kernel: multithreaded, cached on disk, IEEE semantics (no reassociation, no contraction into fma)
+kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True)
+helper = numba.njit(cache=True, fastmath=False, inline="always")
+
+_X = float.fromhex
+_SHIFT = F32(_X("0x1.8p23"))
+_LOG2E = F64(F32(_X("0x1.715476p+0")))
+_LN2_HI, _LN2_LO = F64(F32(_X("0x1.62e4p-1"))), F64(F32(_X("0x1.7f7d1cp-20")))
+_C5, _C4, _C3, _C2, _C1 = (F64(F32(_X(h))) for h in ("0x1.0e4020p-7", "0x1.573e2ep-5", "0x1.555e66p-3",
+                                                      "0x1.fffdb6p-2", "0x1.ffffecp-1"))
+_SHIFT64 = F64(_SHIFT)
+ONE64 = F64(1.0)
+# 2**n for n in [-192, 192], the range ggml_v_expf scales by
+POW2 = np.array([math.ldexp(1.0, n) for n in range(-192, 193)], dtype=F64)
+
+
+@helper
+def fma32(a, b, c):
+    """float32(a*b + c) computed in double: the ref's `_libm.fma32`, bit for bit."""
+    return F32(F64(a) * F64(b) + F64(c))
+
+
+@helper
+def v_expf(x, pow2):
+    """ggml_v_expf (AVX-512 flavour) on one float32, exactly as `npggml.ops._libm.v_expf` computes it."""
+    z = F32(F64(x) * _LOG2E + _SHIFT64)
+    n = F32(z - _SHIFT)
+    nd = -F64(n)
+    b = F32(nd * _LN2_LO + F64(F32(nd * _LN2_HI + F64(x))))
+    bd = F64(b)
+    u = F64(F32(b * b))
+    p54 = F64(F32(_C5 * bd + _C4))
+    p32 = F64(F32(_C3 * bd + _C2))
+    p10 = F64(F32(_C1 * bd + ONE64))
+    j = F32(F64(F32(p54 * u + p32)) * u + p10)
+    if n != n:
+        return F32(np.nan)
+    if n > 192.0:
+        return F32(np.inf)
+    if n < -192.0:
+        return F32(0.0)
+    return F32(F64(j) * pow2[int(n) + 192])
+
+
+@helper
+def reduce_add16(t):
+    """_mm512_reduce_add_ps: GCC's halving tree over 16 float32 lanes."""
+    a0 = F32(t[8] + t[0])
+    a1 = F32(t[9] + t[1])
+    a2 = F32(t[10] + t[2])
+    a3 = F32(t[11] + t[3])
+    a4 = F32(t[12] + t[4])
+    a5 = F32(t[13] + t[5])
+    a6 = F32(t[14] + t[6])
+    a7 = F32(t[15] + t[7])
+    b0 = F32(a4 + a0)
+    b1 = F32(a5 + a1)
+    b2 = F32(a6 + a2)
+    b3 = F32(a7 + a3)
+    return F32(F32(b0 + b2) + F32(b1 + b3))
+
+
+@helper
+def f16_bits(u):
+    """float32 (given as its uint32 bit pattern) -> float16 bits, IEEE round to nearest even (NumPy's astype)."""
+    sign = (u >> np.uint32(16)) & np.uint32(0x8000)
+    a = u & np.uint32(0x7FFFFFFF)
+    if a >= np.uint32(0x7F800000):  # inf or nan
+        if a > np.uint32(0x7F800000):
+            return sign | np.uint32(0x7E00) | ((a >> np.uint32(13)) & np.uint32(0x3FF))
+        return sign | np.uint32(0x7C00)
+    if a >= np.uint32(0x477FF000):  # rounds to >= 65520: inf
+        return sign | np.uint32(0x7C00)
+    if a < np.uint32(0x38800000):  # below the smallest normal half: subnormal or zero
+        if a < np.uint32(0x33000000):  # below 2**-25: rounds to zero
+            return sign
+        e = a >> np.uint32(23)
+        m = (a & np.uint32(0x7FFFFF)) | np.uint32(0x800000)
+        shift = np.uint32(126) - e  # value = m * 2**(e - 150); half subnormal unit = 2**-24
+        r = m >> shift
+        rem = m & ((np.uint32(1) << shift) - np.uint32(1))
+        half = np.uint32(1) << (shift - np.uint32(1))
+        if rem > half or (rem == half and (r & np.uint32(1)) != 0):
+            r += np.uint32(1)
+        return sign | r
+    r = a - np.uint32(0x38000000)  # rebias the exponent from 127 to 15
+    lo = r & np.uint32(0x1FFF)
+    r = r >> np.uint32(13)
+    if lo > np.uint32(0x1000) or (lo == np.uint32(0x1000) and (r & np.uint32(1)) != 0):
+        r += np.uint32(1)
+    return sign | r
+
+
+def is_f32(*arrays) -> bool:
+    return all(a is not None and a.dtype == F32 for a in arrays)
+
+
+def as4d(a: np.ndarray) -> np.ndarray:
+    return a.reshape((1,) * (4 - a.ndim) + a.shape) if a.ndim < 4 else a

@@ -1,0 +1,80 @@
+"""add / sub / mul / div with ggml's broadcast (b tiled over a by modulo in every dim), float32."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from npggml.ops import registry
+from npggml.ops.fast._common import F32, kernel
+
+ADD, SUB, MUL, DIV = range(4)
+
+
+@kernel
+def _binary(a, b, op, y):
+    n3, n2, n1, n0 = a.shape
+    b3, b2, b1, b0 = b.shape
+    for r in numba.prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        ar = a[i3, i2, i1]
+        br = b[i3 % b3, i2 % b2, i1 % b1]
+        yr = y[i3, i2, i1]
+        if b0 == n0:
+            if op == ADD:
+                for i in range(n0):
+                    yr[i] = ar[i] + br[i]
+            elif op == MUL:
+                for i in range(n0):
+                    yr[i] = ar[i] * br[i]
+            elif op == SUB:
+                for i in range(n0):
+                    yr[i] = ar[i] - br[i]
+            else:
+                for i in range(n0):
+                    yr[i] = ar[i] / br[i]
+        elif b0 == 1:
+            s = br[0]
+            if op == ADD:
+                for i in range(n0):
+                    yr[i] = ar[i] + s
+            elif op == MUL:
+                for i in range(n0):
+                    yr[i] = ar[i] * s
+            elif op == SUB:
+                for i in range(n0):
+                    yr[i] = ar[i] - s
+            else:
+                for i in range(n0):
+                    yr[i] = ar[i] / s
+        else:
+            for i in range(n0):
+                x, z = ar[i], br[i % b0]
+                if op == ADD:
+                    yr[i] = x + z
+                elif op == MUL:
+                    yr[i] = x * z
+                elif op == SUB:
+                    yr[i] = x - z
+                else:
+                    yr[i] = x / z
+
+
+def _make(name: str, code: int):
+    @registry.get(name).fast_kernel
+    def fast(dst, out, a, b):
+        if dst.dtype != F32 or a.dtype != F32 or b.dtype not in (F32, np.float16):
+            return NotImplemented
+        if b.dtype != F32:
+            b = b.astype(F32)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            _binary(a, b, code, dst)
+
+    fast.__name__ = f"{name}_fast"
+    return fast
+
+
+for _name, _code in (("add", ADD), ("sub", SUB), ("mul", MUL), ("div", DIV)):
+    _make(_name, _code)

@@ -1,0 +1,136 @@
+"""soft_max_ext: scale, mask (broadcast over dims 2/3, extra mask rows ignored), ALiBi slope, row softmax with the
+sum accumulated in double. Under ggml numerics the exponentials are ggml's SIMD exp on blocks of 16 (libm expf on
+the tail) and each block's sum is reduced in float32 first, as `_libm.vec_soft_max_f32`; under exact numerics
+they are NumPy's float32 exp, as the reference kernel."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from npggml.ops import registry
+from npggml.ops.attention import alibi_slopes
+from npggml.ops.fast import _blas
+from npggml.ops.fast._common import F32, F64, POW2, helper, is_f32, kernel, reduce_add16, v_expf
+from npggml.ops.registry import ggml_numerics
+
+NEG_INF = F32(-np.inf)
+
+
+@helper
+def row_max(w):
+    mx = NEG_INF
+    for i in range(w.shape[0]):
+        if w[i] > mx:
+            mx = w[i]
+    return mx
+
+
+@helper
+def exp_sum_ggml(w, mx, y, pow2, tmp):
+    """y = exp(w - mx) as ggml_vec_soft_max_f32; returns the double sum (16-blocks reduced in float32)."""
+    n = w.shape[0]
+    nb = n // 16 * 16
+    s = F64(0.0)
+    for b in range(0, nb, 16):
+        for l in range(16):
+            e = v_expf(F32(w[b + l] - mx), pow2)
+            y[b + l] = e
+            tmp[l] = e
+        s += F64(reduce_add16(tmp))
+    for i in range(nb, n):
+        e = F32(math.exp(F32(w[i] - mx)))
+        y[i] = e
+        s += F64(e)
+    return s
+
+
+@helper
+def scale_row(y, s):
+    inv = F32(1.0 / s)
+    for i in range(y.shape[0]):
+        y[i] = y[i] * inv
+
+
+@kernel
+def _softmax_ggml(w, y):
+    """Rows of w (2-D float32, already scaled and masked) -> softmax into y (may be w)."""
+    n_rows = w.shape[0]
+    for r in numba.prange(n_rows):
+        tmp = np.empty(16, F32)
+        mx = row_max(w[r])
+        s = exp_sum_ggml(w[r], mx, y[r], POW2, tmp)
+        scale_row(y[r], s)
+
+
+@kernel
+def _sub_max(w, y):
+    for r in numba.prange(w.shape[0]):
+        mx = row_max(w[r])
+        for i in range(w.shape[1]):
+            y[r, i] = w[r, i] - mx
+
+
+@kernel
+def _normalise(y):
+    for r in numba.prange(y.shape[0]):
+        s = F64(0.0)
+        for i in range(y.shape[1]):
+            s += F64(y[r, i])
+        scale_row(y[r], s)
+
+
+def exp_inplace(flat: np.ndarray) -> None:
+    """NumPy's float32 exp (the reference's) in place on a 2-D array, its rows shared out over the pool."""
+
+    def part(lo, hi):
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.exp(flat[lo:hi], out=flat[lo:hi])
+
+    _blas.run_split(part, flat.shape[0], min_chunk=64)
+
+
+def softmax_rows_inplace(w2: np.ndarray) -> None:
+    """Row softmax of a C-contiguous float32 2-D array, in place, with the reference's numerics."""
+    if ggml_numerics():
+        _softmax_ggml(w2, w2)
+    else:
+        _sub_max(w2, w2)
+        exp_inplace(w2)  # NumPy's float32 exp, as the reference kernel
+        _normalise(w2)
+
+
+@kernel
+def _scale_mask(a, m, slopes, scale, y):
+    """y[i3, i2, i1, :] = a*scale + slope[i2] * m[i3 % M3, i2 % M2, i1, :] (m may be None-shaped (1,1,1,0))."""
+    n3, n2, n1, n0 = a.shape
+    m3, m2 = m.shape[0], m.shape[1]
+    has_mask = m.shape[3] > 0
+    for r in numba.prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        sl = slopes[i2]
+        if has_mask:
+            for i0 in range(n0):
+                y[i3, i2, i1, i0] = a[i3, i2, i1, i0] * scale + sl * F32(m[i3 % m3, i2 % m2, i1, i0])
+        else:
+            for i0 in range(n0):
+                y[i3, i2, i1, i0] = a[i3, i2, i1, i0] * scale
+
+
+@registry.get("soft_max_ext").fast_kernel
+def soft_max_ext_fast(dst, out, a, mask, scale=1.0, max_bias=0.0):
+    if not is_f32(a, dst) or not dst.flags.c_contiguous:
+        return NotImplemented
+    if mask is None:
+        m = np.zeros((1, 1, 1, 0), F32)
+    else:
+        m = mask[:, :, : a.shape[2], :]
+        if m.dtype != F32:
+            m = m.astype(F32)
+    slopes = alibi_slopes(a.shape[1], max_bias).astype(F32)
+    _scale_mask(a, m, slopes, F32(scale), dst)
+    softmax_rows_inplace(dst.reshape(-1, dst.shape[-1]))

@@ -1,0 +1,121 @@
+"""Activations: GELU (ggml's f16 table under ggml numerics, the tanh formula otherwise), GELU_ERF, GELU_QUICK
+(f16 table / formula), SILU, and the split GLUs (swiglu_split, geglu_split) and fused GLUs (swiglu, geglu)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+
+from npggml.ops import registry
+from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_OVER_PI, _f16_table
+from npggml.ops.fast._common import F32, F64, f16_bits, helper, is_f32, kernel
+from npggml.ops.registry import ggml_numerics
+
+GELU_TABLE, GELU_TANH, GELU_ERF, GELU_QUICK_TABLE, GELU_QUICK, SILU = range(6)
+_HALF, _ONE, _TEN = F32(0.5), F32(1.0), F32(10.0)
+_INV_SQRT2 = F64(0.70710678118654752440)
+
+
+@functools.cache
+def _table(name: str) -> np.ndarray:
+    return _f16_table(name).astype(F32)
+
+
+_EMPTY = np.zeros(1, F32)
+
+
+@helper
+def act(x, u, kind, table):
+    """One activation of the float32 x (u: its bit pattern, used by the table lookups)."""
+    if kind == GELU_TABLE:
+        if x <= -_TEN:
+            return F32(0.0)
+        if x >= _TEN:
+            return x
+        return table[f16_bits(u)]
+    if kind == GELU_TANH:
+        return _HALF * x * (_ONE + F32(math.tanh(SQRT_2_OVER_PI * x * (_ONE + GELU_COEF_A * x * x))))
+    if kind == GELU_ERF:
+        e = F32(math.erf(F64(x) * _INV_SQRT2))
+        return _HALF * x * (_ONE + e)
+    if kind == GELU_QUICK_TABLE:
+        return table[f16_bits(u)]
+    if kind == GELU_QUICK:
+        return x * (_ONE / (_ONE + F32(math.exp(GELU_QUICK_COEF * x))))
+    # SILU
+    return x / (_ONE + F32(math.exp(-x)))
+
+
+@kernel
+def _unary(x, xu, kind, table, y):
+    n3, n2, n1, n0 = x.shape
+    for r in numba.prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        for i in range(n0):
+            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], kind, table)
+
+
+@kernel
+def _glu(x, xu, g, kind, table, y):
+    """y = act(x) * g."""
+    n3, n2, n1, n0 = x.shape
+    for r in numba.prange(n3 * n2 * n1):
+        i3 = r // (n2 * n1)
+        i2 = (r // n1) % n2
+        i1 = r % n1
+        for i in range(n0):
+            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], kind, table) * g[i3, i2, i1, i]
+
+
+def _kind(name: str) -> tuple[int, np.ndarray]:
+    ggml = ggml_numerics()
+    if name == "gelu":
+        return (GELU_TABLE, _table("gelu")) if ggml else (GELU_TANH, _EMPTY)
+    if name == "gelu_quick":
+        return (GELU_QUICK_TABLE, _table("gelu_quick")) if ggml else (GELU_QUICK, _EMPTY)
+    return {"gelu_erf": GELU_ERF, "silu": SILU}[name], _EMPTY
+
+
+def _make_unary(name: str):
+    @registry.get(name).fast_kernel
+    def fast(dst, out, a):
+        if not is_f32(a, dst):
+            return NotImplemented
+        kind, table = _kind(name)
+        _unary(a, a.view(np.uint32), kind, table, dst)
+
+    fast.__name__ = f"{name}_fast"
+    return fast
+
+
+for _name in ("gelu", "gelu_erf", "gelu_quick", "silu"):
+    _make_unary(_name)
+
+
+def _make_glu(name: str, act_name: str):
+    @registry.get(f"{name}_split").fast_kernel
+    def split_fast(dst, out, a, b):
+        if not is_f32(a, b, dst):
+            return NotImplemented
+        kind, table = _kind(act_name)
+        _glu(a, a.view(np.uint32), b, kind, table, dst)
+
+    @registry.get(name).fast_kernel
+    def fused_fast(dst, out, a, swapped=False):
+        if not is_f32(a, dst):
+            return NotImplemented
+        n = a.shape[-1] // 2
+        x, g = (a[..., n:], a[..., :n]) if swapped else (a[..., :n], a[..., n:])
+        kind, table = _kind(act_name)
+        _glu(x, x.view(np.uint32), g, kind, table, dst)
+
+    return split_fast, fused_fast
+
+
+_make_glu("swiglu", "silu")
+_make_glu("geglu", "gelu")
