@@ -53,11 +53,20 @@ HARNESS = {  # op -> params -> (ints, floats)
     "mean": lambda p: ([], []),
     "scale": lambda p: ([], [p["s"]]),
     "mul_mat": lambda p: ([], []),
+    "swiglu": lambda p: ([int(p["swapped"])], []),
+    "geglu": lambda p: ([int(p["swapped"])], []),
+    "concat": lambda p: ([p["dim"]], []),
+    "pad_ext": lambda p: ([p[k] for k in ("lp0", "rp0", "lp1", "rp1", "lp2", "rp2", "lp3", "rp3")], []),
+    "repeat_4d": lambda p: ([p["ne0"], p["ne1"], p["ne2"], p["ne3"]], []),
+    "clamp": lambda p: ([], [p["min"], p["max"]]),
+    **{b: (lambda p: ([], [])) for b in ("add", "sub", "mul", "div", "swiglu_split", "geglu_split", "get_rows",
+                                         "sqr", "sqrt", "relu", "add1")},
     **{u: (lambda p: ([], [])) for u in ("gelu", "gelu_erf", "gelu_quick", "silu", "tanh", "sigmoid", "exp")},
 }
 TOLERANCE = {"conv_2d", "conv_2d_dw", "mul_mat"}  # float32 sums in another order (ggml's GEMM kernels)
 BIT_EXACT = sorted(set(HARNESS) - TOLERANCE)
-F32_ONLY = {"gelu", "gelu_erf", "gelu_quick", "silu", "tanh", "sigmoid", "exp", "scale"}
+F32_ONLY = {"gelu", "gelu_erf", "gelu_quick", "silu", "tanh", "sigmoid", "exp", "scale", "relu", "sqr", "sqrt",
+            "clamp", "add1", "swiglu", "geglu", "swiglu_split", "geglu_split", "add", "sub", "mul", "div"}
 
 
 def _ggml_inputs(case):
@@ -73,7 +82,7 @@ def _ggml_inputs(case):
 
 
 def _skip(op, case) -> bool:
-    if op in F32_ONLY and case.srcs[0].dtype != "f32":
+    if op in F32_ONLY and any(s is not None and s.dtype != "f32" for s in case.srcs):
         return True  # f16/bf16 activations have their own scalar paths in ggml (not covered here)
     if op == "interpolate" and case.params["mode"] & 0xFF == 2 and case.params["mode"] & 512:
         return True  # npggml's antialiased bicubic extension: ggml rejects it
