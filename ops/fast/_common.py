@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
+
+# Numba's workqueue threads sleep between kernels; OpenMP's spin, which starves the BLAS pool threads (and
+# everything else) whenever the machine is shared: a tiny-model encode went from 1.7 s to 7-9 s under load.
+# Only a default: NUMBA_THREADING_LAYER still decides, and a layer already started stays.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 F32 = np.float32
 F64 = np.float64

@@ -10,11 +10,11 @@ import numba
 import numpy as np
 
 from npggml.ops import registry
-from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_OVER_PI, _f16_table
-from npggml.ops.fast._common import F32, F64, f16_bits, helper, is_f32, kernel
+from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_INV, SQRT_2_OVER_PI, _f16_table
+from npggml.ops.fast._common import F32, F64, POW2, f16_bits, fma32, helper, is_f32, kernel, v_expf
 from npggml.ops.registry import ggml_numerics
 
-GELU_TABLE, GELU_TANH, GELU_ERF, GELU_QUICK_TABLE, GELU_QUICK, SILU = range(6)
+GELU_TABLE, GELU_TANH, GELU_ERF, GELU_QUICK_TABLE, GELU_QUICK, SILU, GELU_ERF_F, SILU_SIMD = range(8)
 _HALF, _ONE, _TEN = F32(0.5), F32(1.0), F32(10.0)
 _INV_SQRT2 = F64(0.70710678118654752440)
 
@@ -28,7 +28,7 @@ _EMPTY = np.zeros(1, F32)
 
 
 @helper
-def act(x, u, kind, table):
+def act(x, u, kind, table, pow2):
     """One activation of the float32 x (u: its bit pattern, used by the table lookups)."""
     if kind == GELU_TABLE:
         if x <= -_TEN:
@@ -36,16 +36,20 @@ def act(x, u, kind, table):
         if x >= _TEN:
             return x
         return table[f16_bits(u)]
-    if kind == GELU_TANH:
-        return _HALF * x * (_ONE + F32(math.tanh(SQRT_2_OVER_PI * x * (_ONE + GELU_COEF_A * x * x))))
-    if kind == GELU_ERF:
+    if kind == GELU_TANH:  # glibc tanhf; GELU_COEF_A*x*x + 1 contracted to an fma, as the reference
+        return _HALF * x * (_ONE + F32(math.tanh(SQRT_2_OVER_PI * x * fma32(GELU_COEF_A * x, x, _ONE))))
+    if kind == GELU_ERF:  # exact: libm erf in double, rounded
         e = F32(math.erf(F64(x) * _INV_SQRT2))
         return _HALF * x * (_ONE + e)
+    if kind == GELU_ERF_F:  # ggml: glibc erff in float
+        return _HALF * x * (_ONE + F32(math.erf(x * SQRT_2_INV)))
     if kind == GELU_QUICK_TABLE:
         return table[f16_bits(u)]
     if kind == GELU_QUICK:
         return x * (_ONE / (_ONE + F32(math.exp(GELU_QUICK_COEF * x))))
-    # SILU
+    if kind == SILU_SIMD:  # the 16-wide SIMD body of ggml_vec_silu_f32: ggml's exp
+        return x / (_ONE + v_expf(F32(0.0) - x, pow2))
+    # SILU (and the scalar tail of ggml's rows): glibc expf
     return x / (_ONE + F32(math.exp(-x)))
 
 
@@ -56,8 +60,10 @@ def _unary(x, xu, kind, table, y):
         i3 = r // (n2 * n1)
         i2 = (r // n1) % n2
         i1 = r % n1
+        nb = n0 // 16 * 16 if kind == SILU_SIMD else 0
         for i in range(n0):
-            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], kind, table)
+            k = kind if i < nb or kind != SILU_SIMD else SILU
+            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], k, table, POW2)
 
 
 @kernel
@@ -68,8 +74,10 @@ def _glu(x, xu, g, kind, table, y):
         i3 = r // (n2 * n1)
         i2 = (r // n1) % n2
         i1 = r % n1
+        nb = n0 // 16 * 16 if kind == SILU_SIMD else 0
         for i in range(n0):
-            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], kind, table) * g[i3, i2, i1, i]
+            k = kind if i < nb or kind != SILU_SIMD else SILU
+            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], k, table, POW2) * g[i3, i2, i1, i]
 
 
 def _kind(name: str) -> tuple[int, np.ndarray]:
@@ -78,7 +86,9 @@ def _kind(name: str) -> tuple[int, np.ndarray]:
         return (GELU_TABLE, _table("gelu")) if ggml else (GELU_TANH, _EMPTY)
     if name == "gelu_quick":
         return (GELU_QUICK_TABLE, _table("gelu_quick")) if ggml else (GELU_QUICK, _EMPTY)
-    return {"gelu_erf": GELU_ERF, "silu": SILU}[name], _EMPTY
+    if name == "gelu_erf":
+        return (GELU_ERF_F if ggml else GELU_ERF), _EMPTY
+    return (SILU_SIMD if ggml else SILU), _EMPTY
 
 
 def _make_unary(name: str):

@@ -1,0 +1,142 @@
+"""The SAM attention fusion pass: fused graph == unfused graph, and it finds exactly the expected patterns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npggml.graph.context import Context
+from npggml.graph.fuse import fuse, fuse_sam_attention
+from npggml.graph.graph import Graph
+from npggml.graph.interp import Interpreter
+from npggml.models.clip import ClipGraph
+from npggml.models.encode import Encoder
+from npggml.models.gguf_io import load_mmproj
+
+MODELS = Path(__file__).parent / "fixtures" / "models"
+F32 = np.float32
+
+
+def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int = 0):
+    """The rel-pos attention sub-graph exactly as `SamBuilder.build_sam` + `ClipGraph.build_attn` build it,
+    on random Q/K/V and rel-pos tables (`[D, 2S-1]` gathered with the builder's index inputs)."""
+    from npggml.models.sam import SamBuilder, rel_pos_indices
+
+    rng = np.random.default_rng(seed)
+    ctx = Context()
+    n_embd = D * n_heads
+    N = W * Hh
+    inputs = {}
+
+    def inp(ne, name, value=None):
+        t = ctx.input("f32" if value is None else "i32", ne, name)
+        inputs[t] = rng.standard_normal(tuple(reversed(ne))).astype(F32) if value is None else value
+        return t
+
+    qkv = inp((n_embd, 3, N, B), "qkv")
+    Q, K, V = (ctx.reshape_4d(ctx.cont(ctx.view_3d(qkv, n_embd, N, B, qkv.nb[2], qkv.nb[3], i * qkv.nb[1])),
+                              D, n_heads, N, B) for i in range(3))
+    pos_w = inp((D, 2 * W - 1), "pos_w")
+    pos_h = inp((D, 2 * Hh - 1), "pos_h")
+    idx_w = inp((W, W), "idx_w", rel_pos_indices(W))
+    idx_h = inp((Hh, Hh), "idx_h", rel_pos_indices(Hh))
+    b = SamBuilder.__new__(SamBuilder)
+    b.ctx = ctx
+    rw = b.get_rel_pos(pos_w, idx_w, W, W)
+    rh = b.get_rel_pos(pos_h, idx_h, Hh, Hh)
+    qr = ctx.reshape_4d(ctx.cont(ctx.permute(Q, 0, 2, 1, 3)), D, W, Hh, B * n_heads)
+    rw = ctx.mul_mat(rw, ctx.cont(ctx.permute(qr, 0, 2, 1, 3)))
+    rw = ctx.cont(ctx.permute(rw, 0, 2, 1, 3))
+    rw = ctx.reshape_4d(rw, W, 1, W * Hh, n_heads * B)
+    rw = ctx.repeat_4d(rw, W, Hh, W * Hh, n_heads * B)
+    rh = ctx.mul_mat(rh, qr)
+    rh = ctx.reshape_4d(rh, 1, Hh, W * Hh, n_heads * B)
+    mask = ctx.reshape_4d(ctx.add(rw, rh), W * Hh, W * Hh, n_heads, B)
+    out = ClipGraph.build_attn(b, None, None, Q, K, V, mask, D ** -0.5, 0)
+    return out, inputs
+
+
+def _run(out, inputs, numerics, fast, fused):
+    graph = Graph(out)
+    n = 0
+    if fused:
+        report = {}
+        graph = fuse(graph, report=report)
+        n = report["sam_attention"]
+    (res,) = Interpreter(graph, numerics=numerics, fast=fast).run(inputs)
+    return res, graph, n
+
+
+@pytest.mark.parametrize("numerics", ["exact", "ggml"])
+@pytest.mark.parametrize("W,Hh,D,n_heads,B", [(3, 4, 8, 2, 1), (5, 5, 16, 3, 2), (7, 2, 4, 1, 3)])
+def test_fused_equals_unfused(numerics, W, Hh, D, n_heads, B):
+    out, inputs = sam_like_attention(W, Hh, D, n_heads, B)
+    ref, g0, _ = _run(out, inputs, numerics, fast=False, fused=False)
+    assert "sam_rel_attn" not in {n.op for n in g0.nodes}
+    out, inputs = sam_like_attention(W, Hh, D, n_heads, B)
+    fused_ref, g1, n = _run(out, inputs, numerics, fast=False, fused=True)
+    assert n == 1
+    ops = [x.op for x in g1.nodes]
+    assert ops.count("sam_rel_attn") == 1 and "soft_max_ext" not in ops and "repeat_4d" not in ops
+    # the fused op's reference kernel does the unfused sub-graph's float operations: same bits
+    np.testing.assert_array_equal(fused_ref, ref)
+    out, inputs = sam_like_attention(W, Hh, D, n_heads, B)
+    fused_fast, _, _ = _run(out, inputs, numerics, fast=True, fused=True)
+    assert np.abs(fused_fast - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_fused_node_is_named_and_keeps_consumers():
+    out, inputs = sam_like_attention(4, 4, 8, 2, 1)
+    graph = fuse(Graph(out))
+    (node,) = [n for n in graph.nodes if n.op == "sam_rel_attn"]
+    assert node.name == "sam_rel_attn-0"  # from the kqv_out-0 node downstream
+    users = graph.consumers()[id(node)]
+    assert [u.op for u in users] == ["permute"]
+
+
+def test_pass_skips_a_shared_mask():
+    """A score or mask that another node also reads must stay: nothing is fused."""
+    out, inputs = sam_like_attention(3, 3, 4, 1, 1)
+    graph = Graph(out)
+    sm = next(n for n in graph.nodes if n.op == "soft_max_ext")
+    ctx = Context()
+    extra = ctx.add(out, ctx.sum_rows(ctx.cont(sm.srcs[1])))  # the mask gets a second consumer
+    graph = Graph(extra)
+    assert fuse_sam_attention(graph) == 0
+
+
+@pytest.mark.parametrize("gguf,grid,expected", [
+    ("mmproj-tiny-dsocr-f32.gguf", None, 12),
+    ("mmproj-tiny-dsocr-f32.gguf", (3, 2), 24),
+    ("mmproj-tiny-dsocr2-f32.gguf", (2, 2), 24),
+])
+def test_pass_count_on_page_graphs(gguf, grid, expected):
+    """One fused attention per SAM layer and view group (tiles, global); the CLIP/Qwen attention (no rel-pos
+    mask) is left alone."""
+    model = load_mmproj(MODELS / gguf)
+    enc = Encoder(model, "reference", fuse=False)
+    page = enc.build(grid)
+    n_layers = model.hparams.sam_n_layer
+    assert expected == n_layers * (1 if grid is None else 2)
+    before = [n.op for n in page.graph.nodes].count("soft_max_ext")
+    report = {}
+    graph = fuse(page.graph, report=report)
+    assert report == {"sam_attention": expected}
+    ops = [n.op for n in graph.nodes]
+    assert ops.count("sam_rel_attn") == expected
+    assert ops.count("soft_max_ext") == before - expected > 0
+    assert fuse_sam_attention(graph) == 0  # nothing left to match
+
+
+@pytest.mark.parametrize("mode", ["reference", "llama.cpp"])
+def test_encoder_fuse_switch(mode):
+    """Encoder(fuse=...) switches the pass: same embeddings either way (reference kernels: same bits)."""
+    model = load_mmproj(MODELS / "mmproj-tiny-dsocr-f32.gguf")
+    image = Path(__file__).parent / "fixtures" / "images" / "doc_620x560.png"
+    a = Encoder(model, mode, fuse=True, reserve=False).encode(image, no_tiles=True)
+    b = Encoder(model, mode, fuse=False, reserve=False).encode(image, no_tiles=True)
+    assert "sam_rel_attn" in {n.op for n in a.page.graph.nodes}
+    assert "sam_rel_attn" not in {n.op for n in b.page.graph.nodes}
+    assert np.abs(a.embeddings - b.embeddings).max() <= 1e-5 * np.abs(b.embeddings).max()
