@@ -8,6 +8,9 @@ every graph planned into it), otherwise they are allocated on first write and dr
 Hooks follow `ggml_backend_sched_eval_callback`: `ask(node) -> bool` is called before a node is computed
 ("do you want to see this one?"); when it said yes, `observe(node, value, seconds) -> bool` is called after,
 and returning False stops the run. Nodes nobody asked for cost nothing extra.
+
+The debugging ladder (`NPGGML_DEBUG`, `npggml.debug(level)`, see `npggml.graph.debug`) wraps these hooks when
+its level is above 0.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from npggml.errors import KernelError, NpggmlError
+from npggml.graph import debug
 from npggml.graph.graph import Graph
 from npggml.graph.tensor import OUTPUT, Tensor, type_info
 from npggml.ops import registry
@@ -118,6 +122,9 @@ class Interpreter:
         for leaf in g.leafs:
             if leaf.data is None and id(leaf) not in self.buffers:
                 raise NpggmlError(f"graph input {leaf.name!r} {leaf.ne_str()} was not set")
+        setting, finish = debug.current(), None
+        if setting.level:
+            ask, observe, finish = debug.attach(self, ask, observe, setting)
         with registry.numerics(self.numerics):
             for i, node in enumerate(g.nodes):
                 wanted = ask(node) if ask is not None else False
@@ -128,6 +135,8 @@ class Interpreter:
                     if observe(node, self.value(node), self.times[i]) is False:
                         break
                 self._release(i)
+        if finish is not None:
+            finish()
         return [np.array(self.value(o)) for o in g.outputs]
 
     def _compute(self, i: int, node: Tensor) -> None:

@@ -52,6 +52,15 @@ def strides_line(t: Tensor, kernel: str) -> str:
     return f"      kernel={kernel} nb={{{nb}}}{view}"
 
 
+def is_pure_view(t: Tensor) -> bool:
+    return t.is_view and (t.op == "none" or registry.get(t.op).view)
+
+
+def node_bytes(t: Tensor) -> int:
+    """Bytes a node's value occupies: 0 for a pure view (a window on its source's storage)."""
+    return 0 if is_pure_view(t) else t.nbytes
+
+
 def _flags(t: Tensor) -> str:
     return "".join(c for f, c in ((INPUT, "i"), (OUTPUT, "o"), (PARAM, "x")) if t.flags & f)
 
@@ -60,7 +69,7 @@ def table(graph: Graph, plan=None) -> str:
     """One row per node: index, name, op, inputs, ne, dtype, arena offset/size (or "view"), FLOPs, bytes."""
     rows = [("#", "name", "op", "inputs", "ne", "type", "arena", "flops", "bytes")]
     for i, t in enumerate(graph.nodes):
-        if t.is_view and (t.op == "none" or registry.get(t.op).view):
+        if is_pure_view(t):
             arena = "view"
         elif plan is not None and id(t) in plan.offsets:
             arena = f"{plan.offsets[id(t)]}+{plan.sizes[id(t)]}"
@@ -68,11 +77,24 @@ def table(graph: Graph, plan=None) -> str:
             arena = "-"
         rows.append((str(i), t.name + (f" [{_flags(t)}]" if _flags(t) else ""), op_desc(t),
                      ", ".join(_src(s) for s in t.srcs), t.ne_str(), t.dtype, arena,
-                     f"{node_flops(t):.3g}", str(0 if arena == "view" else t.nbytes)))
-    widths = [min(max(len(r[c]) for r in rows), 60) for c in range(len(rows[0]))]
+                     f"{node_flops(t):.0f}", str(node_bytes(t))))
+    return _columns(rows)
+
+
+def leaf_table(graph: Graph) -> str:
+    """One row per leaf: index, name, kind (weight or input), ne, type, stored bytes."""
+    rows = [("#", "name", "kind", "ne", "type", "bytes")]
+    for i, t in enumerate(graph.leafs):
+        kind = "weight" if t.data is not None else ("input" if t.flags & INPUT else "leaf")
+        rows.append((str(i), t.name, kind, t.ne_str(), t.dtype, str(t.nbytes)))
+    return _columns(rows)
+
+
+def _columns(rows: list[tuple[str, ...]], cap: int = 60) -> str:
+    widths = [min(max(len(r[c]) for r in rows), cap) for c in range(len(rows[0]))]
     out = []
     for r in rows:
-        cells = [c if len(c) <= 60 else c[:57] + "..." for c in r]
+        cells = [c if len(c) <= cap else c[: cap - 3] + "..." for c in r]
         out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     return "\n".join(out)
 
@@ -84,10 +106,32 @@ def summary(graph: Graph, plan=None) -> dict:
         "leafs": len(graph.leafs),
         "weight_bytes": sum(t.nbytes for t in weights),
         "flops": sum(node_flops(t) for t in graph.nodes),
+        "node_bytes": sum(node_bytes(t) for t in graph.nodes),
     }
     if plan is not None:
         out["arena_bytes"] = plan.size
     return out
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _bytes_exact(n: int) -> str:
+    short = fmt_bytes(n)
+    return f"{n} B" if short.endswith(" B") else f"{n} B ({short})"
+
+
+def summary_line(s: dict) -> str:
+    """`1216 nodes, 169 leafs, weights 4414560 B (4.21 MiB), arena ... , 11790986240 FLOPs (11.79 GFLOP)`"""
+    parts = [f"{s['nodes']} nodes", f"{s['leafs']} leafs", f"weights {_bytes_exact(s['weight_bytes'])}"]
+    if "arena_bytes" in s:
+        parts.append(f"arena {_bytes_exact(s['arena_bytes'])}")
+    parts.append(f"{s['flops']:.0f} FLOPs ({s['flops'] / 1e9:.2f} GFLOP)")
+    return ", ".join(parts)
 
 
 def to_dot(graph: Graph) -> str:
