@@ -12,4 +12,6 @@ from npggml.ops import (  # noqa: F401
     rope,
     sam,
 )
+
+# isort: split
 from npggml.ops import fast  # noqa: F401,E402  (fast kernels and fused ops; imported last)
