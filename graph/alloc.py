@@ -210,3 +210,44 @@ class Arena:
             return self.reserve(graph)
         plan.arena = self
         return plan
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Bytes a graph needs, as gallocr and llama.cpp's weight buffer would count them.
+
+    - `peak_bytes`: this graph's arena high-water mark (gallocr `reserve_n_size`: what it needs alone);
+    - `arena_bytes`: the arena it runs in (the reserved worst case; equals `peak_bytes` without an arena);
+    - `input_bytes`: graph inputs (pixels, index tables), part of `peak_bytes`;
+    - `weight_bytes`: the constant leaves in their stored ggml types (llama.cpp's weight buffer);
+    - `weight_resident_bytes`: the same weights as npggml holds them (dequantised float32 arrays).
+    """
+
+    peak_bytes: int
+    arena_bytes: int
+    input_bytes: int
+    weight_bytes: int
+    weight_resident_bytes: int
+    n_weights: int
+    n_nodes: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.__dict__.items()}
+
+
+def memory_report(graph: Graph, plan: Plan | None = None, arena: Arena | None = None) -> MemoryReport:
+    """Arena, input and weight bytes of a built graph (planning is metadata only: nothing runs)."""
+    if plan is None:
+        plan = plan_graph(graph)
+    weights = [t for t in graph.leafs if t.data is not None]
+    inputs = {id(t): t for t in graph.inputs() if not t.is_view and _owned(t)}
+    owner = arena if arena is not None else plan.arena
+    return MemoryReport(
+        peak_bytes=plan.size,
+        arena_bytes=owner.nbytes if owner is not None else plan.size,
+        input_bytes=sum(aligned(max(t.nbytes, 1)) for t in inputs.values()),
+        weight_bytes=sum(t.nbytes for t in weights),
+        weight_resident_bytes=sum(int(t.data.nbytes) for t in weights),
+        n_weights=len(weights),
+        n_nodes=len(graph.nodes),
+    )

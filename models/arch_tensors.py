@@ -8,7 +8,8 @@ so both agree by construction; the tests compare them with converter-made fixtur
 - `f32`: always F32 (1-D tensors, norms, non-`.weight` names, and the names the DeepSeek converter forces:
   embeddings, position tables, SAM neck and downsampling convolutions);
 - `patch`: the SAM patch embedding, F16 when the output type is f16 and F32 otherwise;
-- `outtype`: 2-D matrices, stored in the requested output type.
+- `outtype`: 2-D matrices, stored in the requested output type;
+- `f16`: always F16 (the legacy llava converter's rule for 4-D tensors and the projector matrices).
 
 `init` says how `gguf_synth` draws random values: `fan_in` (normal / sqrt(fan_in), fan_in = product of all but
 the last ne), `one` (norm weights, near 1) or `small` (biases and embeddings, normal * 0.02).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from npggml.models.hparams import HParams
+from npggml.models.hparams import HParams, LlavaHParams
 
 CLIP_PATCH_SIZE = 14  # CLIP-L/14, the patch of v1's unused CLIP patch embedding
 
@@ -149,4 +150,37 @@ def deepseekocr2_tensors(hp: HParams) -> list[TensorSpec]:
     specs += [TensorSpec("v.view_seperator", (hp.proj_dim, 1)),
               # Optional in llama.cpp and unused by the v2 graph; converter output has it when the checkpoint does.
               TensorSpec("v.image_newline", (hp.proj_dim,), required=False, used=False)]
+    return specs
+
+
+def llava_tensors(hp: LlavaHParams) -> list[TensorSpec]:
+    """LLaVA `mlp`: the projector first, then the CLIP vision tower, in the legacy llava converter's order
+    (`tools/mtmd/legacy-models/convert_image_encoder_to_gguf.py`: no post-LN, fc1 named ffn_down)."""
+    n, ff = hp.n_embd, hp.n_ff
+    specs = [
+        TensorSpec("mm.0.weight", (n, hp.mm_hidden), "f16", "fan_in"),
+        TensorSpec("mm.0.bias", (hp.mm_hidden,)),
+        TensorSpec("mm.2.weight", (hp.mm_hidden, hp.proj_dim), "f16", "fan_in"),
+        TensorSpec("mm.2.bias", (hp.proj_dim,)),
+        TensorSpec("v.class_embd", (n,)),
+        TensorSpec("v.patch_embd.weight", (hp.patch_size, hp.patch_size, 3, n), "f16", "fan_in"),
+        # 2-D ".weight": F16 in an f16 file, F32 with --use-f32 (the `patch` rule)
+        TensorSpec("v.position_embd.weight", (n, hp.n_pos), "patch"),
+    ]
+    if hp.has_patch_bias:
+        specs.append(TensorSpec("v.patch_embd.bias", (n,)))
+    if hp.has_pre_ln:
+        specs += _norm("v.pre_ln", n)
+    for il in range(hp.n_layer):
+        blk = f"v.blk.{il}"
+        for m in ("attn_k", "attn_v", "attn_q", "attn_out"):
+            specs += _matrix(f"{blk}.{m}", n, n)
+        specs += _norm(f"{blk}.ln1", n)
+        if hp.ffn_swapped:  # fc1 stored as ffn_down, fc2 as ffn_up
+            specs += _matrix(f"{blk}.ffn_down", n, ff) + _matrix(f"{blk}.ffn_up", ff, n)
+        else:
+            specs += _matrix(f"{blk}.ffn_up", n, ff) + _matrix(f"{blk}.ffn_down", ff, n)
+        specs += _norm(f"{blk}.ln2", n)
+    if hp.has_post_ln:
+        specs += _norm("v.post_ln", n)
     return specs

@@ -1,4 +1,5 @@
-"""Write random-weight DeepSeek-OCR mmproj GGUF files laid out exactly as llama.cpp's converter lays them out.
+"""Write random-weight mmproj GGUF files laid out exactly as llama.cpp's converter lays them out (DeepSeek-OCR
+v1/v2; LLaVA `mlp` as the legacy llava converter writes it).
 
 `make_mmproj(arch, size, dtype, seed, path)` writes the converter's key set (same keys, types and order, including
 its quirky v1 values), its tensor names and shapes (from `arch_tensors`, the table the loader checks against) and
@@ -28,12 +29,14 @@ from npggml.models.arch_tensors import TensorSpec
 from npggml.models.hparams import (
     ARCH_CONSTANTS,
     IMAGE_SIZE,
+    LLAVA_PAD_COLOR,
     MIN_TILES_DEFAULT,
     PATCH_SIZE,
     SAM_EPS,
     SAM_GLOBAL_LAYERS,
     SAM_N_LAYER,
     HParams,
+    LlavaHParams,
 )
 from npggml.models.projectors import CONVERTER_EPS, PROJECTORS
 
@@ -52,11 +55,33 @@ _BODY_DIMS = {
     ("deepseekocr2", "tiny"): dict(n_embd=64, n_head=4, n_head_kv=2, n_layer=12, n_ff=96, proj_dim=48),
     ("deepseekocr2", "full"): dict(n_embd=896, n_head=14, n_head_kv=2, n_layer=24, n_ff=4864, proj_dim=1280),
 }
-ARCHS = tuple(sorted({arch for arch, _ in _BODY_DIMS}))
+# LLaVA `mlp`: full = LLaVA-1.5's CLIP ViT-L/14-336 tower (23 stored blocks) and 1024 -> 4096 -> 4096 projector
+_LLAVA_DIMS = {
+    "tiny": dict(image_size=56, patch_size=14, n_embd=32, n_ff=128, n_layer=3, n_head=4, n_head_kv=4,
+                 projection_dim=24, mm_hidden=48, proj_dim=48),
+    "full": dict(image_size=336, patch_size=14, n_embd=1024, n_ff=4096, n_layer=23, n_head=16, n_head_kv=16,
+                 projection_dim=768, mm_hidden=4096, proj_dim=4096),
+}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ARCHS = tuple(sorted({arch for arch, _ in _BODY_DIMS} | {"mlp"}))
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def _llava_preset(size: str) -> LlavaHParams:
+    return LlavaHParams(
+        projector="mlp", eps=_f32(1e-5), image_mean=tuple(_f32(v) for v in CLIP_MEAN),
+        image_std=tuple(_f32(v) for v in CLIP_STD), use_gelu=False, use_silu=False, ffn_swapped=True,
+        has_pre_ln=True, has_post_ln=False, has_patch_bias=False, pad_color=LLAVA_PAD_COLOR, **_LLAVA_DIMS[size])
 
 
 def preset_hparams(arch: str, size: str) -> HParams:
     """The hyper-parameters `load_mmproj` reads back from a `make_mmproj(arch, size, ...)` file."""
+    if arch == "mlp" and size in _LLAVA_DIMS:
+        return _llava_preset(size)
     if (arch, size) not in _BODY_DIMS:
         raise NpggmlError(f"no preset for --arch {arch} --size {size} (expected arch in {', '.join(ARCHS)}, "
                           f"size in {', '.join(SIZES)})")
@@ -77,6 +102,8 @@ def stored_type(spec: TensorSpec, outtype: GGMLQuantizationType) -> GGMLQuantiza
     """The converter's storage type for one tensor under a given output type."""
     if spec.store == "f32":
         return Q.F32
+    if spec.store == "f16":
+        return Q.F16
     if spec.store == "patch":
         return Q.F16 if outtype == Q.F16 else Q.F32
     block, _ = GGML_QUANT_SIZES[outtype]

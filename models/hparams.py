@@ -171,8 +171,8 @@ class _Reading:
             label = f"{field} from {source[7:]}"
         raise MmprojContentError(self.meta.path, f"{label} = {self.values[field]!r}", expected)
 
-    def build(self) -> tuple[HParams, dict[str, str]]:
-        return HParams(**self.values), dict(self.sources)
+    def build(self, cls: type | None = None) -> tuple[HParams, dict[str, str]]:
+        return (cls or HParams)(**self.values), dict(self.sources)
 
 
 def _read_shared(r: _Reading, projector: str) -> ArchConstants:
@@ -283,3 +283,107 @@ def _has(shape_of: ShapeLookup, name: str) -> bool:
     except MissingTensorError:
         return False
     return True
+
+
+# --- LLaVA `mlp` projector: CLIP ViT + two-layer MLP (llama.cpp PROJECTOR_TYPE_MLP, legacy llava converter) -----
+
+LLAVA_PAD_COLOR = (122, 116, 104)  # clip.cpp: image_pad_color for the llava projector types
+
+
+@dataclass(frozen=True)
+class LlavaHParams:
+    projector: str  # "mlp"
+    image_size: int  # square input side (336 for CLIP-L/14-336)
+    patch_size: int
+    n_embd: int
+    n_ff: int
+    n_layer: int  # stored blocks; the legacy converter already dropped the last CLIP layer
+    n_head: int
+    n_head_kv: int
+    eps: float
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    projection_dim: int  # the clip.vision.projection_dim key (CLIP's projection); informative only
+    use_gelu: bool  # FFN activation: gelu if set, silu if use_silu, else quick GELU (CLIP's quick_gelu)
+    use_silu: bool
+    ffn_swapped: bool  # the legacy converter stores fc1 as ffn_down (llama.cpp swaps by shape)
+    has_pre_ln: bool
+    has_post_ln: bool
+    has_patch_bias: bool
+    mm_hidden: int  # mm.0 output width
+    proj_dim: int  # mm.2 output width: the LLM embedding width
+    pad_color: tuple[int, int, int]
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def n_pos(self) -> int:
+        """Patches plus the class token."""
+        return self.n_patches + 1
+
+
+def read_mlp(meta: Metadata, shape_of: ShapeLookup) -> tuple[LlavaHParams, dict[str, str]]:
+    """LLaVA-1.5 style: CLIP ViT (class token, learned positions, pre-LN) + mm.0 -> GELU -> mm.2."""
+    for key, what in (("clip.vision.image_grid_pinpoints", "LLaVA-1.6 any-resolution tiling"),
+                      ("clip.vision.feature_layer", "multi-layer features (Granite Vision)")):
+        if key in meta:
+            raise MmprojContentError(meta.path, f"key {key} is set: {what} is not supported",
+                                     "a single-view LLaVA-1.5 style mmproj")
+    if _has(shape_of, "mm.3.weight"):
+        raise MmprojContentError(meta.path, "tensor mm.3.weight present: the Yi-VL MLP_NORM projector is not "
+                                 "supported", "the two-layer mm.0 / mm.2 projector")
+    r = _Reading(meta, shape_of)
+    r.set("projector", "mlp", "key:clip.projector_type")
+    r.key("image_size", "clip.vision.image_size", "UINT32")
+    r.key("patch_size", "clip.vision.patch_size", "UINT32")
+    r.key("n_embd", "clip.vision.embedding_length", "UINT32")
+    r.key("n_ff", "clip.vision.feed_forward_length", "UINT32")
+    r.key("n_layer", "clip.vision.block_count", "UINT32")
+    r.key("n_head", "clip.vision.attention.head_count", "UINT32")
+    r.key("n_head_kv", "clip.vision.attention.head_count_kv", "UINT32", default=r.values["n_head"])
+    eps = r.key("eps", "clip.vision.attention.layer_norm_epsilon", "FLOAT32")
+    r.key("projection_dim", "clip.vision.projection_dim", "UINT32")
+    for field in ("image_mean", "image_std"):
+        values = r.key(field, f"clip.vision.{field}", "ARRAY[FLOAT32]")
+        r.set(field, tuple(float(v) for v in values), r.sources[field])
+    r.key("use_gelu", "clip.use_gelu", "BOOL", default=False)
+    r.key("use_silu", "clip.use_silu", "BOOL", default=False)
+    v = r.values
+    for field, limit in (("n_embd", MAX_WIDTH), ("n_ff", MAX_WIDTH * 4), ("n_layer", MAX_LAYERS),
+                         ("n_head", MAX_HEADS), ("image_size", MAX_WIDTH), ("patch_size", MAX_WIDTH)):
+        if not 0 < v[field] <= limit:
+            r.fail(field, f"1 .. {limit}")
+    if v["n_embd"] % v["n_head"]:
+        r.fail("n_head", f"a divisor of clip.vision.embedding_length = {v['n_embd']}")
+    if v["n_head_kv"] != v["n_head"]:
+        r.fail("n_head_kv", f"clip.vision.attention.head_count = {v['n_head']}: the llava graph has no GQA")
+    if v["image_size"] % v["patch_size"]:
+        r.fail("image_size", f"a multiple of clip.vision.patch_size = {v['patch_size']}")
+    if not (math.isfinite(eps) and 0 < eps < 1):
+        r.fail("eps", "a finite epsilon in (0, 1)")
+    if v["use_gelu"] and v["use_silu"]:
+        r.fail("use_silu", "false when clip.use_gelu is true (llama.cpp rejects both)")
+    for field in ("image_mean", "image_std"):
+        if len(v[field]) != 3 or not all(math.isfinite(x) for x in v[field]):
+            r.fail(field, "3 finite values, one per RGB channel")
+    if min(v["image_std"]) <= 0:
+        r.fail("image_std", "positive values")
+    # llama.cpp swaps ffn_up/ffn_down when ffn_down's ne0 is the embedding width (legacy converter naming)
+    r.set("ffn_swapped", shape_of("v.blk.0.ffn_down.weight")[0] == v["n_embd"], "tensor:v.blk.0.ffn_down.weight")
+    for field, name in (("has_pre_ln", "v.pre_ln.weight"), ("has_post_ln", "v.post_ln.weight"),
+                        ("has_patch_bias", "v.patch_embd.bias")):
+        r.set(field, _has(shape_of, name), f"tensor:{name}")
+    r.tensor_dim("mm_hidden", "mm.0.weight", 1)
+    r.tensor_dim("proj_dim", "mm.2.weight", 1)
+    r.set("pad_color", LLAVA_PAD_COLOR, "fixed")
+    n_pos = (v["image_size"] // v["patch_size"]) ** 2 + 1
+    if shape_of("v.position_embd.weight")[1] != n_pos:
+        r.set("n_pos_table", shape_of("v.position_embd.weight")[1], "tensor:v.position_embd.weight")
+        r.fail("n_pos_table", f"{n_pos} rows: (image_size / patch_size)^2 patches + the class token")
+    return r.build(LlavaHParams)

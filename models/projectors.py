@@ -70,6 +70,27 @@ def _deepseekocr2_keys(hp: HParams) -> list[KeySpec]:
                       tail=(("clip.vision.attention.head_count_kv", "UINT32", hp.n_head_kv),))
 
 
+def _mlp_keys(hp) -> list[KeySpec]:
+    """The legacy llava converter's `clip.*` keys, in its order (vision-only file with a llava projector)."""
+    return [
+        ("clip.has_text_encoder", "BOOL", False),
+        ("clip.has_vision_encoder", "BOOL", True),
+        ("clip.has_llava_projector", "BOOL", True),
+        ("clip.projector_type", "STRING", hp.projector),
+        ("clip.vision.image_size", "UINT32", hp.image_size),
+        ("clip.vision.patch_size", "UINT32", hp.patch_size),
+        ("clip.vision.embedding_length", "UINT32", hp.n_embd),
+        ("clip.vision.feed_forward_length", "UINT32", hp.n_ff),
+        ("clip.vision.projection_dim", "UINT32", hp.projection_dim),
+        ("clip.vision.attention.head_count", "UINT32", hp.n_head),
+        ("clip.vision.attention.layer_norm_epsilon", "FLOAT32", hp.eps),
+        ("clip.vision.block_count", "UINT32", hp.n_layer),
+        ("clip.vision.image_mean", "ARRAY[FLOAT32]", list(hp.image_mean)),
+        ("clip.vision.image_std", "ARRAY[FLOAT32]", list(hp.image_std)),
+        ("clip.use_gelu", "BOOL", hp.use_gelu),
+    ]
+
+
 PROJECTORS: dict[str, ProjectorFamily] = {
     family.name: family
     for family in (
@@ -77,5 +98,6 @@ PROJECTORS: dict[str, ProjectorFamily] = {
                         _deepseekocr_keys),
         ProjectorFamily("deepseekocr2", hparams.read_deepseekocr2, arch_tensors.deepseekocr2_tensors,
                         _deepseekocr2_keys),
+        ProjectorFamily("mlp", hparams.read_mlp, arch_tensors.llava_tensors, _mlp_keys),
     )
 }

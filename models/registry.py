@@ -9,6 +9,7 @@ from npggml.errors import NpggmlError
 BUILDERS = {
     "deepseekocr": ("npggml.models.deepseekocr", "DeepseekOCR"),
     "deepseekocr2": ("npggml.models.deepseekocr2", "DeepseekOCR2"),
+    "mlp": ("npggml.models.llava", "Llava"),
 }
 
 

@@ -181,7 +181,8 @@ CASES = [
     ("wrong_queries", V2, with_tensors({"v.resample_query_768.weight": (zeros(256, 64), Q.F16)}),
      MmprojContentError, "v.resample_query_768.weight has ne [64, 256] (expected [64, 144]"),
     ("unknown_projector", V1, with_keys({"clip.projector_type": (V.STRING, "llava")}),
-     MmprojContentError, "unsupported projector type 'llava' (expected one of 'deepseekocr', 'deepseekocr2')"),
+     MmprojContentError,
+     "unsupported projector type 'llava' (expected one of 'deepseekocr', 'deepseekocr2', 'mlp')"),
     ("v1_labelled_v2", V1, with_keys({
         "clip.projector_type": (V.STRING, "deepseekocr2"), "clip.vision.attention.head_count_kv": (V.UINT32, 4),
         "clip.vision.feed_forward_length": (V.UINT32, 256)}),

@@ -1,4 +1,5 @@
-"""`npggml make-gguf`: write a random-weight DeepSeek-OCR mmproj GGUF in llama.cpp's converter layout."""
+"""`npggml make-gguf`: write a random-weight mmproj GGUF (DeepSeek-OCR v1/v2, LLaVA `mlp`) in the converter's
+layout."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from npggml.models.gguf_synth import ARCHS, DTYPES, SIZES, make_mmproj
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "make-gguf", help="write a random-weight mmproj GGUF (llama.cpp converter layout)",
-        description="Write a random-weight DeepSeek-OCR mmproj GGUF with llama.cpp's converter key set, "
-                    "tensor names, shapes and storage types.")
-    p.add_argument("--arch", required=True, choices=ARCHS, help="projector type")
+        description="Write a random-weight mmproj GGUF with llama.cpp's converter key set, tensor names, "
+                    "shapes and storage types (DeepSeek-OCR v1/v2; LLaVA-1.5 'mlp' as the legacy llava "
+                    "converter writes it).")
+    p.add_argument("--arch", required=True, choices=ARCHS,
+                   help="projector type: deepseekocr, deepseekocr2, or mlp (LLaVA CLIP ViT + MLP projector)")
     p.add_argument("--size", default="tiny", choices=SIZES,
                    help="tiny: the fixtures' tiny dims (default); full: the published model's dims")
     p.add_argument("--dtype", default="f32", choices=tuple(DTYPES),
