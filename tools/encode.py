@@ -24,6 +24,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="reference: HF model math (default); llama.cpp: reproduce llama.cpp 0c1e57098")
     p.add_argument("--no-tiles", action="store_true", help="encode the global view only")
     p.add_argument("--no-fast", action="store_true", help="use the NumPy reference kernels only")
+    p.add_argument("--no-fuse", action="store_true", help="run the graph as built (no fused ops)")
 
 
 def register(sub) -> None:
@@ -56,7 +57,7 @@ def open_encoder(args):
     if path is None:
         path = embedded_model_path()
         print(f"npggml: no --mmproj given, using the embedded tiny random v1 model ({path})", file=sys.stderr)
-    return Encoder(path, args.mode, fast=not args.no_fast)
+    return Encoder(path, args.mode, fast=not args.no_fast, fuse=not args.no_fuse)
 
 
 class Progress:
