@@ -1,0 +1,26 @@
+"""`npggml bench --json` on the tiny model: the report's fields and its FLOP accounting (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from npggml.tools.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_bench_json(capsys):
+    rc = main(["bench", "--mmproj", str(FIXTURES / "models" / "mmproj-tiny-dsocr-f32.gguf"),
+               "--image", str(FIXTURES / "images" / "doc_620x560.png"), "--no-tiles", "--repeat", "1", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("encode_seconds", "flops", "gflops", "sgemm_gflops", "sgemm_ratio", "compile_seconds",
+                "peak_rss_bytes", "per_op", "numba_cache"):
+        assert key in r, key
+    assert r["sgemm_gflops"] > 0 and r["encode_seconds"] > 0 and r["peak_rss_bytes"] > 0
+    assert abs(r["sgemm_ratio"] - r["gflops"] / r["sgemm_gflops"]) < 1e-3
+    per = r["per_op"]
+    assert per["sam_rel_attn"]["count"] == 12 and per["sam_rel_attn"]["fast"] == 12  # one per SAM layer
+    assert "soft_max_ext" in per and per["mul_mat"]["flops"] > 0
+    assert abs(sum(v["flops"] for v in per.values()) - r["flops"]) <= 1e-6 * r["flops"]
