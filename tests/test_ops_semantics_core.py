@@ -178,7 +178,9 @@ def test_unary_ops_match_float64_formulas(data):
         np.testing.assert_allclose(out.astype(np.float64), expect, rtol=2e-3, atol=1e-4)
     else:
         tol = 1e-2 if node.dtype == "bf16" else 2e-6
-        np.testing.assert_allclose(out.astype(np.float64), expect, rtol=tol, atol=tol * 1e-2)
+        # float32 evaluation: where 1 + erf(x/sqrt 2) cancels (x << 0) the error is ~ulp(1) * |x| / 2
+        atol = tol * 1e-2 + (np.abs(x.astype(np.float64)) * 2.0**-23 if op == "gelu_erf" else 0)
+        assert np.all(np.abs(out.astype(np.float64) - expect) <= tol * np.abs(expect) + atol)
 
 
 @given(data=st.data())
@@ -211,10 +213,14 @@ def test_norm_and_rms_norm_match_float64(data):
     eps = case.params["eps"]
     if op == "norm":
         y = x - x.mean(-1, keepdims=True)
-        expect = y / np.sqrt((y * y).mean(-1, keepdims=True) + eps)
+        den = np.sqrt((y * y).mean(-1, keepdims=True) + eps)
+        expect = y / den
+        # the float32 mean carries ~ulp(max|x|); x - mean amplifies it by 1/den
+        atol = 1e-5 + 4 * np.abs(x).max(-1, keepdims=True) * 2.0**-24 / den
     else:
         expect = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
-    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5)
+        atol = 1e-5
+    assert np.all(np.abs(out - expect) <= 1e-5 * np.abs(expect) + atol)
 
 
 @given(data=st.data())

@@ -36,7 +36,7 @@ def _corr_dims(n_dims, n_ctx_orig, base, beta_fast, beta_slow):
         with np.errstate(divide="ignore"):
             return n_dims * np.log(np.float64(n_ctx_orig) / (r * 2 * math.pi)) / (2 * math.log(base))
 
-    return max(0.0, math.floor(corr_dim(beta_fast))), min(n_dims - 1.0, math.ceil(corr_dim(beta_slow)))
+    return max(0.0, float(np.floor(corr_dim(beta_fast)))), min(n_dims - 1.0, float(np.ceil(corr_dim(beta_slow))))
 
 
 def rope_oracle(x, pos, ff, p):
@@ -50,6 +50,7 @@ def rope_oracle(x, pos, ff, p):
     n_pairs = n_dims if mode == 24 else n_dims // 2
     out = x.astype(F64).copy()
     bounds = np.cumsum([0, *sec])
+    theta_err = 0.0
     for i in range(n_pairs):
         k, idx = 0, i  # which position row, theta index
         if mode & 8:
@@ -73,8 +74,9 @@ def rope_oracle(x, pos, ff, p):
         j0, j1 = (2 * i, 2 * i + 1) if mode == 0 else (i, i + n_dims) if mode == 24 else (i, i + n_dims // 2)
         a0, a1 = x[..., j0].astype(F64), x[..., j1].astype(F64)
         out[..., j0], out[..., j1] = a0 * c - a1 * s_, a0 * s_ + a1 * c
-        theta_err = np.abs(theta).max() * (idx + 4) * 2.0**-23
-    return out, theta_err if n_pairs else 0.0
+        # float32 theta: one rounding per repeated multiplication, plus base**(-2/n), 1/ff, the scale and mix
+        theta_err = max(theta_err, float(np.abs(theta).max()) * (idx + 6) * 2.0**-23)
+    return out, theta_err
 
 
 @given(data=st.data())

@@ -124,7 +124,7 @@ def test_random_view_chains_match_numpy(chain):
         elif kind == "reshape" and t.is_contiguous():
             n = mirror.size
             d0 = int(rng.choice([d for d in range(1, n + 1) if n % d == 0]))
-            t, mirror = ctx.reshape_2d(t, d0, n // d0), mirror.reshape(n // d0, d0)
+            t, mirror = ctx.reshape_2d(t, d0, n // d0), mirror.reshape(1, 1, n // d0, d0)
         elif kind == "view" and t.nb[0] == 4:
             o = [int(rng.integers(0, n)) for n in t.ne]
             m = [int(rng.integers(1, n - oo + 1)) for n, oo in zip(t.ne, o)]
