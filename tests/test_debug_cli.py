@@ -331,3 +331,26 @@ def test_graph_dot_svg_and_embedded_model(cli, tmp_path, monkeypatch):
     assert rc == 2 and err.count("\n") == 1 and "needs Graphviz's `dot` on PATH" in err
     rc, _, err = cli("graph", "--mmproj", V1, "--grid", "0", "2")
     assert rc == 2 and "--grid needs two positive tile counts" in err
+
+
+V2 = str(MODELS / "mmproj-tiny-dsocr2-f32.gguf")
+V2_NAMES = "sam_layer_out-0,sam_output,layer_out-0,layer_out-11,dsocr2_output"
+
+
+@pytest.mark.parametrize("mode,source", [("llama.cpp", "llamacpp"), ("reference", "hf")])
+def test_trace_v2_views_line_up_with_the_reference_dumps(cli, tmp_path, mode, source):
+    """v2 views are single tiles, then the global view (view 6 for a 3x2 grid). The reference dumps were
+    made on llama.cpp's pixels: reference mode's tiles are the same pixels, its global view is pasted one
+    pixel higher (PIL rounding), so there only tile 0 is compared."""
+    out_dir = tmp_path / "t"
+    rc, _, err = cli("trace", "--mmproj", V2, "--image", PAGE_TILED, "--mode", mode, "-q", "--match", V2_NAMES,
+                     "--save", out_dir)
+    assert rc == 0, err
+    ref = fixture_dir(source, "v2", "doc_1500x1000")
+    pairs = [(0, "tensors_0")] + ([(6, "tensors_6")] if mode == "llama.cpp" else [])
+    for k, folder in pairs:
+        for name in V2_NAMES.split(","):
+            ours, theirs = np.load(out_dir / f"view_{k}" / f"{name}.npy"), np.load(ref / folder / f"{name}.npy")
+            assert ours.shape == theirs.shape, (k, name)
+        rc, cmp_out, _ = cli("compare", out_dir / f"view_{k}", ref / folder)
+        assert rc == 0, cmp_out
