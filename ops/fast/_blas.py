@@ -134,11 +134,47 @@ def gemms(tasks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         run_split(some, len(tasks))
         return
     for x, y, o in tasks:
+        split(x, y, o)
 
-        def rows(lo, hi, x=x, y=y, o=o):
-            np.matmul(x[lo:hi], y, out=o[lo:hi])
 
-        run_split(rows, o.shape[0], min_chunk=16)
+def split(x: np.ndarray, y: np.ndarray, o: np.ndarray) -> None:
+    """o = x @ y over the pool, cut along the rows of x or the columns of y: whichever makes the operand that
+    every thread packs again (the uncut one) the smaller."""
+    if x.shape[0] * x.shape[1] <= y.shape[0] * y.shape[1] and o.shape[1] >= 32 * workers():
+
+        def cols(lo, hi):
+            np.matmul(x, y[:, lo:hi], out=o[:, lo:hi])
+
+        run_split(cols, o.shape[1], min_chunk=32)
+        return
+
+    def rows(lo, hi):
+        np.matmul(x[lo:hi], y, out=o[lo:hi])
+
+    run_split(rows, o.shape[0], min_chunk=16)
+
+
+def batched(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """np.matmul(x, y, out=out) on broadcast stacks (NumPy loops over the batch in C), the batch cut over the
+    pool along its first axis with at least `workers()` entries (size-1 axes of x or y broadcast)."""
+    use_own_threads()
+    nd = out.ndim - 2
+    axis = next((i for i in range(nd) if out.shape[i] >= workers()), None)
+    flops = 2 * out.size * x.shape[-1]
+    if axis is None or workers() == 1 or flops < 1 << 22:
+        np.matmul(x, y, out=out)
+        return
+
+    def take(a, lo, hi):
+        if a.shape[axis] == 1:
+            return a
+        idx = (slice(None),) * axis + (slice(lo, hi),)
+        return a[idx]
+
+    def part(lo, hi):
+        np.matmul(take(x, lo, hi), take(y, lo, hi), out=take(out, lo, hi))
+
+    run_split(part, out.shape[axis])
 
 
 def matmul(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:

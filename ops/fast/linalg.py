@@ -44,8 +44,9 @@ def matmul_bt(b: np.ndarray, a: np.ndarray, dst: np.ndarray) -> None:
         if rows is not None:
             _blas.gemms([(rows, a[0, 0].T, dst.reshape(-1, m))])
             return
-    tasks = [(b[i3, i2], a[i3 // r3, i2 // r2].T, dst[i3, i2]) for i3 in range(b3) for i2 in range(b2)]
-    _blas.gemms(tasks)
+    bb = b.reshape(a3, r3, a2, r2, n, k)
+    aa = a.reshape(a3, 1, a2, 1, m, k).swapaxes(-1, -2)
+    _blas.batched(bb, aa, dst.reshape(a3, r3, a2, r2, n, m))
 
 
 @registry.get("mul_mat").fast_kernel

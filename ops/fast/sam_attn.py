@@ -16,13 +16,14 @@ the two products through BLAS and the mask, scale and softmax in one Numba pass 
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
 from npggml.ops.attention import softmax_rows
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, POW2, is_f32
-from npggml.ops.fast.softmax import exp_sum_ggml, scale_row
+from npggml.ops.fast._common import F32, F64, POW2, is_f32, v_expf
 from npggml.ops.linalg import vec_dot_round
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
@@ -82,57 +83,93 @@ def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
 
 serial = numba.njit(cache=True, nogil=True, fastmath=False)
 
-ROWS = 16  # score rows per softmax step: 16 rows of 4096 keys stay in L2 between the passes
+
+# The scores of one block are held key-major, sT[key, query] (the product k @ q_block^T), so every pass below is
+# an elementwise loop over a row of queries, with one running max / sum per query column: each query's
+# reduction still runs over its keys in the reference's order, and the loops vectorise across queries.
 
 
 @serial
-def _mask_rows(s, rw, rh, scale):
-    """w = s*scale + (rw[kw] + rh[kh]) in place (s (rows, Nk), rw (rows, W), rh (rows, Hh)); returns nothing,
-    each row's max is subtracted (the exact path's exponentials follow in NumPy)."""
-    W, Hh = rw.shape[1], rh.shape[1]
-    for i in range(s.shape[0]):
-        row = s[i]
-        wr = rw[i]
-        mx = NEG_INF
-        for kh in range(Hh):
-            hv = rh[i, kh]
-            for kw in range(W):
-                x = row[kh * W + kw] * scale + (wr[kw] + hv)
-                row[kh * W + kw] = x
-                if x > mx:
-                    mx = x
+def _mask_cols(sT, rwT, rhT, scale, colmax):
+    """w = s*scale + (rel_w[kw] + rel_h[kh]) in place; colmax = max over keys per query."""
+    W, Hh = rwT.shape[0], rhT.shape[0]
+    qb = sT.shape[1]
+    for c in range(qb):
+        colmax[c] = NEG_INF
+    for kh in range(Hh):
+        hr = rhT[kh]
+        for kw in range(W):
+            row = sT[kh * W + kw]
+            wr = rwT[kw]
+            for c in range(qb):
+                x = row[c] * scale + (wr[c] + hr[c])
+                row[c] = x
+                m = colmax[c]
+                colmax[c] = x if x > m else m
+
+
+@serial
+def _sub_cols(sT, colmax):
+    for r in range(sT.shape[0]):
+        row = sT[r]
         for c in range(row.shape[0]):
-            row[c] = row[c] - mx
+            row[c] = row[c] - colmax[c]
 
 
 @serial
-def _normalise_rows(s):
-    for i in range(s.shape[0]):
-        row = s[i]
-        tot = F64(0.0)
-        for c in range(row.shape[0]):
-            tot += F64(row[c])
-        scale_row(row, tot)
+def _sum_scale_cols(sT, acc):
+    """acc = double sum over keys per query (keys in order), then each probability times float(1/sum)."""
+    qb = sT.shape[1]
+    for c in range(qb):
+        acc[c] = 0.0
+    for r in range(sT.shape[0]):
+        row = sT[r]
+        for c in range(qb):
+            acc[c] += F64(row[c])
+    _scale_cols(sT, acc)
 
 
 @serial
-def _mask_softmax_ggml_rows(s, rw, rh, scale, pow2):
-    """w = s*scale + (rw[kw] + rh[kh]), then ggml's soft_max (SIMD exp, float32 16-block sums, double total)."""
-    W, Hh = rw.shape[1], rh.shape[1]
-    tmp = np.empty(16, F32)
-    for i in range(s.shape[0]):
-        row = s[i]
-        wr = rw[i]
-        mx = NEG_INF
-        for kh in range(Hh):
-            hv = rh[i, kh]
-            for kw in range(W):
-                x = row[kh * W + kw] * scale + (wr[kw] + hv)
-                row[kh * W + kw] = x
-                if x > mx:
-                    mx = x
-        tot = exp_sum_ggml(row, mx, row, pow2, tmp)
-        scale_row(row, tot)
+def _scale_cols(sT, acc):
+    qb = sT.shape[1]
+    inv = np.empty(qb, F32)
+    for c in range(qb):
+        inv[c] = F32(1.0 / acc[c])
+    for r in range(sT.shape[0]):
+        row = sT[r]
+        for c in range(qb):
+            row[c] = row[c] * inv[c]
+
+
+@serial
+def _exp_sum_cols_ggml(sT, colmax, acc, pow2, t8):
+    """ggml_vec_soft_max_f32 per query column: SIMD exp on blocks of 16 keys, each block reduced in float32
+    by the _mm512_reduce_add_ps tree, the block sums (then the tail keys, libm expf) added in double."""
+    nk, qb = sT.shape
+    nb = nk // 16 * 16
+    for c in range(qb):
+        acc[c] = 0.0
+    for b in range(0, nb, 16):
+        for l in range(16):
+            row = sT[b + l]
+            for c in range(qb):
+                row[c] = v_expf(F32(row[c] - colmax[c]), pow2)
+        for l in range(8):
+            lo, hi = sT[b + l], sT[b + 8 + l]
+            for c in range(qb):
+                t8[l, c] = hi[c] + lo[c]
+        for c in range(qb):
+            b0 = F32(t8[4, c] + t8[0, c])
+            b1 = F32(t8[5, c] + t8[1, c])
+            b2 = F32(t8[6, c] + t8[2, c])
+            b3 = F32(t8[7, c] + t8[3, c])
+            acc[c] += F64(F32(F32(b0 + b2) + F32(b1 + b3)))
+    for r in range(nb, nk):
+        row = sT[r]
+        for c in range(qb):
+            e = F32(math.exp(F32(row[c] - colmax[c])))
+            row[c] = e
+            acc[c] += F64(e)
 
 
 def blocks(nq: int, nk: int, budget: int = BLOCK_ELEMENTS) -> int:
@@ -149,6 +186,8 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     q3, k3, v3, rw, rh = _operands(out, q, k, v, rel_w, rel_h)
+    rwT = np.ascontiguousarray(rw.transpose(0, 2, 1))  # (BH, W, Nq): one row of queries per kw
+    rhT = np.ascontiguousarray(rh.transpose(0, 2, 1))  # (BH, Hh, Nq)
     res = dst.reshape(B * H, Nq, D)
     qb = blocks(Nq, Nk)
     tasks = [(j, i0, min(i0 + qb, Nq)) for j in range(B * H) for i0 in range(0, Nq, qb)]
@@ -158,23 +197,29 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     def work(lo, hi):
         """Each pool thread: its blocks of (head, query rows), scores -> softmax -> times v, all on its own."""
         buf = np.empty(qb * Nk, F32)
+        colmax = np.empty(qb, F32)
+        acc = np.empty(qb, F64)
+        t8 = np.empty((8, qb), F32)
         for j, i0, i1 in tasks[lo:hi]:
-            s = buf[: (i1 - i0) * Nk].reshape(i1 - i0, Nk)
+            n = i1 - i0
+            sT = buf[: Nk * n].reshape(Nk, n)
             qj = q3[j, i0:i1]
             if ggml:
                 qj = vec_dot_round(qj, k_type)
-            np.matmul(qj, k3[j].T, out=s)
-            for r0 in range(0, i1 - i0, ROWS):
-                r1 = min(r0 + ROWS, i1 - i0)
-                sub, wr, hr = s[r0:r1], rw[j, i0 + r0:i0 + r1], rh[j, i0 + r0:i0 + r1]
-                if ggml:
-                    _mask_softmax_ggml_rows(sub, wr, hr, sc, POW2)
-                else:
-                    _mask_rows(sub, wr, hr, sc)
-                    with np.errstate(invalid="ignore", over="ignore"):
-                        np.exp(sub, out=sub)  # NumPy's float32 exp, as the reference
-                    _normalise_rows(sub)
-            p = vec_dot_round(s, v_type) if ggml else s
+            np.matmul(k3[j], qj.T, out=sT)  # mul_mat(k, q), key-major
+            wT, hT = rwT[j, :, i0:i1], rhT[j, :, i0:i1]
+            if ggml:
+                _mask_cols(sT, wT, hT, sc, colmax[:n])
+                _exp_sum_cols_ggml(sT, colmax[:n], acc[:n], POW2, t8[:, :n])
+                _scale_cols(sT, acc[:n])
+                p = vec_dot_round(sT, v_type).T
+            else:
+                _mask_cols(sT, wT, hT, sc, colmax[:n])
+                _sub_cols(sT, colmax[:n])
+                with np.errstate(invalid="ignore", over="ignore"):
+                    np.exp(sT, out=sT)  # NumPy's float32 exp, as the reference
+                _sum_scale_cols(sT, acc[:n])
+                p = sT.T
             np.matmul(p, v3[j].T, out=res[j, i0:i1])
 
     _blas.run_split(work, len(tasks))
