@@ -10,8 +10,12 @@ the fly to one block of query rows of a few heads at a time.
 Sources (ggml order): q `[D, Nq, H, B]`, k `[D, Nk, H, B]`, v `[Nk, D, H, B]` (the operands of the two
 mul_mats), rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw). Result
 `[D, Nq, H, B]` F32: exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel is the
-unfused sub-graph's arithmetic (same float operations in the same order, head by head); the fast kernel runs
-the two products through BLAS and the mask, scale and softmax in one Numba pass per block.
+unfused sub-graph's arithmetic (same float operations in the same order, head by head). The fast kernel hands
+blocks of (head, 512 query rows) to the BLAS pool threads; each thread computes its block's scores key-major
+with one single-threaded sgemm (`k @ q_block^T`), adds the bias, scales and normalises them with Numba loops
+that run across the block's queries (each query's max and double sum still run over its keys in order; ggml's
+SIMD exp and 16-key float sums under ggml numerics, NumPy's float32 exp otherwise, as the reference), and
+multiplies by v with a second sgemm straight into the result. Memory: one 8 MiB block per thread.
 """
 
 from __future__ import annotations
