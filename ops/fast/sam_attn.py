@@ -177,8 +177,11 @@ def _exp_sum_cols_ggml(sT, colmax, acc, pow2, t8):
 
 
 def blocks(nq: int, nk: int, budget: int = BLOCK_ELEMENTS) -> int:
-    """Query rows per block so that a block of scores holds about `budget` floats."""
-    return max(1, min(nq, budget // max(nk, 1)))
+    """Query rows per block: blocks of at most `budget` scores, the rows shared out evenly (1600 queries make
+    two blocks of 800, not 1310 + 290)."""
+    most = max(1, min(nq, budget // max(nk, 1)))
+    n_blocks = -(-nq // most)
+    return -(-nq // n_blocks)
 
 
 @sam_rel_attn.fast_kernel
