@@ -46,6 +46,17 @@ class VitLayer:
     ff_down_w: str | None = None
     ff_down_b: str | None = None
 
+    @classmethod
+    def at(cls, il: int, biases: bool | set[str] = True, **stems: str) -> VitLayer:
+        """Layer `il`'s tensor names from `field=stem` pairs (`qkv="attn_qkv"` gives
+        `v.blk.{il}.attn_qkv.weight`); `biases` says which fields also have a `.bias` (True: all)."""
+        names = {}
+        for part, stem in stems.items():
+            names[f"{part}_w"] = f"v.blk.{il}.{stem}.weight"
+            if biases is True or part in biases:
+                names[f"{part}_b"] = f"v.blk.{il}.{stem}.bias"
+        return cls(**names)
+
 
 @dataclass
 class VitSpec:

@@ -32,17 +32,8 @@ class DeepseekOCR(PageBuilder):
 
     def vit_spec(self) -> VitSpec:
         hp = self.hp
-        layers = []
-        for il in range(hp.n_layer):
-            p = f"v.blk.{il}."
-            layers.append(VitLayer(
-                ln_1_w=p + "ln1.weight", ln_1_b=p + "ln1.bias",
-                qkv_w=p + "attn_qkv.weight", qkv_b=p + "attn_qkv.bias",
-                o_w=p + "attn_out.weight", o_b=p + "attn_out.bias",
-                ln_2_w=p + "ln2.weight", ln_2_b=p + "ln2.bias",
-                ff_up_w=p + "ffn_up.weight", ff_up_b=p + "ffn_up.bias",
-                ff_down_w=p + "ffn_down.weight", ff_down_b=p + "ffn_down.bias",
-            ))
+        layers = [VitLayer.at(il, ln_1="ln1", qkv="attn_qkv", o="attn_out", ln_2="ln2", ff_up="ffn_up",
+                              ff_down="ffn_down") for il in range(hp.n_layer)]
         return VitSpec(n_embd=hp.n_embd, n_head=hp.n_head, n_head_kv=hp.n_head, eps=CLIP_EPS, layers=layers,
                        pre_ln=("v.pre_ln.weight", "v.pre_ln.bias"))
 

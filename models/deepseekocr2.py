@@ -40,18 +40,9 @@ class DeepseekOCR2(PageBuilder):
 
     def vit_spec(self) -> VitSpec:
         hp = self.hp
-        layers = []
-        for il in range(hp.n_layer):
-            p = f"v.blk.{il}."
-            layers.append(VitLayer(
-                ln_1_w=p + "ln1.weight",
-                q_w=p + "attn_q.weight", q_b=p + "attn_q.bias",
-                k_w=p + "attn_k.weight", k_b=p + "attn_k.bias",
-                v_w=p + "attn_v.weight", v_b=p + "attn_v.bias",
-                o_w=p + "attn_out.weight",
-                ln_2_w=p + "ln2.weight",
-                ff_gate_w=p + "ffn_gate.weight", ff_up_w=p + "ffn_up.weight", ff_down_w=p + "ffn_down.weight",
-            ))
+        layers = [VitLayer.at(il, {"q", "k", "v"}, ln_1="ln1", q="attn_q", k="attn_k", v="attn_v", o="attn_out",
+                              ln_2="ln2", ff_gate="ffn_gate", ff_up="ffn_up", ff_down="ffn_down")
+                  for il in range(hp.n_layer)]
         return VitSpec(n_embd=hp.n_embd, n_head=hp.n_head, n_head_kv=hp.n_head_kv, eps=hp.eps, layers=layers,
                        post_ln=("v.post_ln.weight", None))
 

@@ -78,19 +78,8 @@ class Llava(ClipGraph, BatchSupport):
     def vit_spec(self) -> VitSpec:
         hp = self.hp
         up, down = ("ffn_down", "ffn_up") if hp.ffn_swapped else ("ffn_up", "ffn_down")
-        layers = []
-        for il in range(self.n_vit_layers):
-            p = f"v.blk.{il}."
-            layers.append(VitLayer(
-                ln_1_w=p + "ln1.weight", ln_1_b=p + "ln1.bias",
-                q_w=p + "attn_q.weight", q_b=p + "attn_q.bias",
-                k_w=p + "attn_k.weight", k_b=p + "attn_k.bias",
-                v_w=p + "attn_v.weight", v_b=p + "attn_v.bias",
-                o_w=p + "attn_out.weight", o_b=p + "attn_out.bias",
-                ln_2_w=p + "ln2.weight", ln_2_b=p + "ln2.bias",
-                ff_up_w=p + up + ".weight", ff_up_b=p + up + ".bias",
-                ff_down_w=p + down + ".weight", ff_down_b=p + down + ".bias",
-            ))
+        layers = [VitLayer.at(il, ln_1="ln1", q="attn_q", k="attn_k", v="attn_v", o="attn_out", ln_2="ln2",
+                              ff_up=up, ff_down=down) for il in range(self.n_vit_layers)]
         pre = ("v.pre_ln.weight", "v.pre_ln.bias") if hp.has_pre_ln else (None, None)
         post = ("v.post_ln.weight", "v.post_ln.bias") if hp.has_post_ln else (None, None)
         return VitSpec(n_embd=hp.n_embd, n_head=hp.n_head, n_head_kv=hp.n_head, eps=hp.eps, layers=layers,
