@@ -71,3 +71,26 @@ def test_fast_equals_reference(op, numerics):
     check()
     # the fast kernel may decline some types (f16/bf16 results, ...), but not every case
     assert _ran_fast.get((op, numerics), 0) > 0, f"{op}: the fast kernel declined every case"
+
+
+def test_gelu_erf_exact_bitwise_on_many_values():
+    """The vectorised erf (Chebyshev + libm near rounding boundaries) gives the reference's bits everywhere."""
+    from npggml.ops import elementwise
+    from npggml.ops.registry import numerics
+
+    rng = np.random.default_rng(7)
+    parts = [rng.standard_normal(600_000) * s for s in (0.3, 1.0, 3.0, 8.0)]
+    parts.append(rng.uniform(-6, 6, 400_000))
+    parts.append(np.ldexp(rng.uniform(0.5, 1, 100_000), rng.integers(-149, 0, 100_000)) * rng.choice([-1, 1],
+                                                                                                     100_000))
+    edges = [0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, 5.656854, -5.656854, 5.6568546, 5.66, -5.66, 1e30, -1e30,
+             np.inf, -np.inf, np.nan]
+    x = np.concatenate([np.array(edges)] + parts).astype(np.float32)  # edges first: the tail is cut to rows
+    x = x[: x.size // 64 * 64].reshape(1, 1, -1, 64)
+    d = registry.get("gelu_erf")
+    with numerics("exact"):
+        with np.errstate(invalid="ignore"):
+            ref = elementwise._gelu_erf(x)
+        out = np.empty_like(x)
+        assert d.fast(out, None, x) is None
+    np.testing.assert_array_equal(out, ref)

@@ -12,6 +12,7 @@ import numpy as np
 from npggml.ops import registry
 from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_INV, SQRT_2_OVER_PI, _f16_table
 from npggml.ops.fast._common import F32, F64, POW2, f16_bits, fma32, helper, is_f32, kernel, v_expf
+from npggml.ops.fast._erf import gelu_erf_exact
 from npggml.ops.registry import ggml_numerics
 
 GELU_TABLE, GELU_TANH, GELU_ERF, GELU_QUICK_TABLE, GELU_QUICK, SILU, GELU_ERF_F, SILU_SIMD = range(8)
@@ -97,6 +98,9 @@ def _make_unary(name: str):
         if not is_f32(a, dst):
             return NotImplemented
         kind, table = _kind(name)
+        if kind == GELU_ERF:  # exact numerics: the vectorised erf with a libm fix-up (same bits)
+            gelu_erf_exact(a, dst)
+            return None
         _unary(a, a.view(np.uint32), kind, table, dst)
 
     fast.__name__ = f"{name}_fast"
