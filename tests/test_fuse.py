@@ -130,13 +130,19 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     assert fuse_sam_attention(graph) == 0  # nothing left to match
 
 
-@pytest.mark.parametrize("mode", ["reference", "llama.cpp"])
-def test_encoder_fuse_switch(mode):
-    """Encoder(fuse=...) switches the pass: same embeddings either way (reference kernels: same bits)."""
+@pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False), ("llama.cpp", False)])
+def test_encoder_fuse_switch(mode, fast):
+    """Encoder(fuse=...) switches the pass. With the reference kernels the fused graph gives the same bits; with
+    the fast kernels (reference mode) the same embeddings within 1e-5. (Fast kernels in llama.cpp mode are not
+    compared fused vs unfused: their BLAS products differ from each other in the last bits, and ggml's f16 GELU
+    table turns such differences into f16 steps; `test_fast_drift.py` bounds fast vs reference there.)"""
     model = load_mmproj(MODELS / "mmproj-tiny-dsocr-f32.gguf")
     image = Path(__file__).parent / "fixtures" / "images" / "doc_620x560.png"
-    a = Encoder(model, mode, fuse=True, reserve=False).encode(image, no_tiles=True)
-    b = Encoder(model, mode, fuse=False, reserve=False).encode(image, no_tiles=True)
+    a = Encoder(model, mode, fast=fast, fuse=True, reserve=False).encode(image, no_tiles=True)
+    b = Encoder(model, mode, fast=fast, fuse=False, reserve=False).encode(image, no_tiles=True)
     assert "sam_rel_attn" in {n.op for n in a.page.graph.nodes}
     assert "sam_rel_attn" not in {n.op for n in b.page.graph.nodes}
-    assert np.abs(a.embeddings - b.embeddings).max() <= 1e-5 * np.abs(b.embeddings).max()
+    if fast:
+        assert np.abs(a.embeddings - b.embeddings).max() <= 1e-5 * np.abs(b.embeddings).max()
+    else:
+        np.testing.assert_array_equal(a.embeddings, b.embeddings)

@@ -9,8 +9,8 @@ the fly to one block of query rows of a few heads at a time.
 
 Sources (ggml order): q `[D, Nq, H, B]`, k `[D, Nk, H, B]`, v `[Nk, D, H, B]` (the operands of the two
 mul_mats), rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw). Result
-`[D, Nq, H, B]` F32: exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel is the
-unfused sub-graph's arithmetic (same float operations in the same order, head by head). The fast kernel hands
+`[D, Nq, H, B]` F32: exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel runs the
+replaced nodes' reference kernels in graph order (same bits as the unfused graph). The fast kernel hands
 blocks of (head, 512 query rows) to the BLAS pool threads; each thread computes its block's scores key-major
 with one single-threaded sgemm (`k @ q_block^T`), adds the bias, scales and normalises them with Numba loops
 that run across the block's queries (each query's max and double sum still run over its keys in order; ggml's
@@ -25,7 +25,8 @@ import math
 import numba
 import numpy as np
 
-from npggml.ops.attention import softmax_rows
+from npggml.graph.tensor import Tensor, packed_nb
+from npggml.ops import registry
 from npggml.ops.fast import _blas
 from npggml.ops.fast._common import F32, F64, POW2, is_f32, v_expf
 from npggml.ops.linalg import vec_dot_round
@@ -67,22 +68,34 @@ def _operands(out, q, k, v, rel_w, rel_h):
     return (q.reshape(B * H, Nq, D), k.reshape(B * H, Nk, D), v.reshape(B * H, D, Nk), rw, rh)
 
 
+def _standin(op_name: str, ne: tuple, srcs: tuple, params: dict | None = None) -> Tensor:
+    """A packed F32 node of the replaced sub-graph, for the reference kernels that look at their node."""
+    ne = tuple(int(x) for x in ne)
+    return Tensor(dtype="f32", ne=ne, nb=packed_nb("f32", ne), op=op_name, srcs=srcs, params=params or {})
+
+
 @sam_rel_attn.kernel
 def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
-    k_type, v_type = out.srcs[1].dtype, out.srcs[2].dtype
-    B, H, Nq, D = q.shape
-    q3, k3, v3, rw, rh = _operands(out, q, k, v, rel_w, rel_h)
-    res = np.empty((B * H, Nq, D), F32)
-    for j in range(B * H):
-        qj = vec_dot_round(q3[j], k_type) if ggml_numerics() else q3[j]
-        kq = np.matmul(qj, k3[j].T)  # mul_mat(k, q)
-        mask = (rw[j][:, None, :] + rh[j][:, :, None]).reshape(Nq, -1)  # add(repeat_4d(rel_w), rel_h)
-        w = kq * F32(scale) + mask  # soft_max_ext: a*scale + 1*mask (slope 1)
-        p = softmax_rows(w)
-        if ggml_numerics():
-            p = vec_dot_round(p, v_type)
-        res[j] = np.matmul(p, v3[j].T)  # mul_mat(v, kq)
-    return res.reshape(out.shape)
+    """The replaced nodes' own reference kernels, in graph order, on stand-ins of the replaced nodes: the value
+    is the unfused graph's, bit for bit, whatever those kernels do (it holds the whole score tensor)."""
+    q_t, k_t, v_t, rw_t, rh_t = out.srcs
+    D, Nq, H, B = q_t.ne
+    W, Hh = rw_t.ne[0], rh_t.ne[1]
+    Nk = k_t.ne[1]
+
+    def ref(name, node, *args, **params):
+        return np.asarray(registry.get(name).ref(node, *args, **params)).astype(F32, copy=False)
+
+    kq_t = _standin("mul_mat", (Nk, Nq, H, B), (k_t, q_t))
+    kq = ref("mul_mat", kq_t, k, q)
+    rep_t = _standin("repeat_4d", (W, Hh, Nq, H * B), (rw_t,), {"ne0": W, "ne1": Hh, "ne2": Nq, "ne3": H * B})
+    rep = ref("repeat_4d", rep_t, rel_w, **rep_t.params)
+    add_t = _standin("add", rep_t.ne, (rep_t, rh_t))
+    mask = ref("add", add_t, rep, rel_h).reshape(B, H, Nq, Nk)
+    mask_t = _standin("reshape_4d", (Nk, Nq, H, B), (add_t,))
+    sm_t = _standin("soft_max_ext", kq_t.ne, (kq_t, mask_t), {"scale": scale, "max_bias": 0.0})
+    sm = ref("soft_max_ext", sm_t, kq, mask, scale, 0.0)
+    return ref("mul_mat", _standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
 
 
 serial = numba.njit(cache=True, nogil=True, fastmath=False)
@@ -176,6 +189,35 @@ def _exp_sum_cols_ggml(sT, colmax, acc, pow2, t8):
             acc[c] += F64(e)
 
 
+def _mul_mat(node: Tensor, a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> None:
+    """dst = the value of the mul_mat `node` (a stand-in) for operands a, b: its fast kernel, else its
+    reference kernel (4-D arrays)."""
+    d = registry.get("mul_mat")
+    if d.fast is None or d.fast(dst, node, a, b) is NotImplemented:
+        dst[...] = np.asarray(d.ref(node, a, b), F32)
+
+
+def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
+    """ggml numerics, head by head: the two products by the mul_mat kernels themselves (on stand-ins with the
+    replaced nodes' operands, so whatever ggml kernel they reproduce, they reproduce it here), the bias, scale
+    and ggml's soft_max as soft_max_ext's fast kernel computes them. Holds one head's scores."""
+    from npggml.ops.fast.softmax import _softmax_ggml
+
+    q_t, k_t, v_t, _, _ = out.srcs
+    Nq, Nk = q_t.ne[1], k_t.ne[1]
+    kq_t = _standin("mul_mat", (Nk, Nq, 1, 1), (k_t, q_t))
+    sm_t = _standin("soft_max_ext", (Nk, Nq, 1, 1), (kq_t, None))
+    kqv_t = _standin("mul_mat", (out.ne[0], Nq, 1, 1), (v_t, sm_t))
+    w = np.empty((1, 1, Nq, Nk), F32)
+    for j in range(q3.shape[0]):
+        _mul_mat(kq_t, k3[j][None, None], q3[j][None, None], w)
+        mask = (rw[j][:, None, :] + rh[j][:, :, None]).reshape(Nq, Nk)  # add(repeat_4d(rel_w), rel_h)
+        np.multiply(w[0, 0], scale, out=w[0, 0])
+        np.add(w[0, 0], mask, out=w[0, 0])  # a*scale + 1*mask, as soft_max_ext
+        _softmax_ggml(w[0, 0], w[0, 0])
+        _mul_mat(kqv_t, v3[j][None, None], w, res[j][None, None])
+
+
 def blocks(nq: int, nk: int, budget: int = BLOCK_ELEMENTS) -> int:
     """Query rows per block: blocks of at most `budget` scores, the rows shared out evenly (1600 queries make
     two blocks of 800, not 1310 + 290)."""
@@ -193,6 +235,9 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     q3, k3, v3, rw, rh = _operands(out, q, k, v, rel_w, rel_h)
+    if ggml:
+        _ggml_heads(out, q3, k3, v3, rw, rh, F32(scale), dst.reshape(B * H, Nq, D))
+        return None
     rwT = np.ascontiguousarray(rw.transpose(0, 2, 1))  # (BH, W, Nq): one row of queries per kw
     rhT = np.ascontiguousarray(rh.transpose(0, 2, 1))  # (BH, Hh, Nq)
     res = dst.reshape(B * H, Nq, D)
