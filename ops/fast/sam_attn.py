@@ -13,14 +13,13 @@ mul_mats), rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key
 replaced nodes' reference kernels in graph order (same bits as the unfused graph). The fast kernel hands
 blocks of (head, 512 query rows) to the BLAS pool threads; each thread computes its block's scores key-major
 with one single-threaded sgemm (`k @ q_block^T`), adds the bias, scales and normalises them with Numba loops
-that run across the block's queries (each query's max and double sum still run over its keys in order; ggml's
-SIMD exp and 16-key float sums under ggml numerics, NumPy's float32 exp otherwise, as the reference), and
-multiplies by v with a second sgemm straight into the result. Memory: one 8 MiB block per thread.
+that run across the block's queries (each query's max and double sum still run over its keys in order; NumPy's
+float32 exp, as the reference), and multiplies by v with a second sgemm straight into the result. Memory: one
+8 MiB block per thread. Under ggml numerics it goes head by head through the mul_mat kernels themselves and
+soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they reproduce (one head's scores).
 """
 
 from __future__ import annotations
-
-import math
 
 import numba
 import numpy as np
@@ -28,8 +27,7 @@ import numpy as np
 from npggml.graph.tensor import Tensor, packed_nb
 from npggml.ops import registry
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, POW2, is_f32, v_expf
-from npggml.ops.linalg import vec_dot_round
+from npggml.ops.fast._common import F32, F64, is_f32
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
@@ -158,37 +156,6 @@ def _scale_cols(sT, acc):
             row[c] = row[c] * inv[c]
 
 
-@serial
-def _exp_sum_cols_ggml(sT, colmax, acc, pow2, t8):
-    """ggml_vec_soft_max_f32 per query column: SIMD exp on blocks of 16 keys, each block reduced in float32
-    by the _mm512_reduce_add_ps tree, the block sums (then the tail keys, libm expf) added in double."""
-    nk, qb = sT.shape
-    nb = nk // 16 * 16
-    for c in range(qb):
-        acc[c] = 0.0
-    for b in range(0, nb, 16):
-        for l in range(16):
-            row = sT[b + l]
-            for c in range(qb):
-                row[c] = v_expf(F32(row[c] - colmax[c]), pow2)
-        for l in range(8):
-            lo, hi = sT[b + l], sT[b + 8 + l]
-            for c in range(qb):
-                t8[l, c] = hi[c] + lo[c]
-        for c in range(qb):
-            b0 = F32(t8[4, c] + t8[0, c])
-            b1 = F32(t8[5, c] + t8[1, c])
-            b2 = F32(t8[6, c] + t8[2, c])
-            b3 = F32(t8[7, c] + t8[3, c])
-            acc[c] += F64(F32(F32(b0 + b2) + F32(b1 + b3)))
-    for r in range(nb, nk):
-        row = sT[r]
-        for c in range(qb):
-            e = F32(math.exp(F32(row[c] - colmax[c])))
-            row[c] = e
-            acc[c] += F64(e)
-
-
 def _mul_mat(node: Tensor, a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> None:
     """dst = the value of the mul_mat `node` (a stand-in) for operands a, b: its fast kernel, else its
     reference kernel (4-D arrays)."""
@@ -230,12 +197,10 @@ def blocks(nq: int, nk: int, budget: int = BLOCK_ELEMENTS) -> int:
 def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     if not is_f32(q, k, v, dst) or not dst.flags.c_contiguous:
         return NotImplemented
-    ggml = ggml_numerics()
-    k_type, v_type = out.srcs[1].dtype, out.srcs[2].dtype
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     q3, k3, v3, rw, rh = _operands(out, q, k, v, rel_w, rel_h)
-    if ggml:
+    if ggml_numerics():
         _ggml_heads(out, q3, k3, v3, rw, rh, F32(scale), dst.reshape(B * H, Nq, D))
         return None
     rwT = np.ascontiguousarray(rw.transpose(0, 2, 1))  # (BH, W, Nq): one row of queries per kw
@@ -251,27 +216,15 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
         buf = np.empty(qb * Nk, F32)
         colmax = np.empty(qb, F32)
         acc = np.empty(qb, F64)
-        t8 = np.empty((8, qb), F32)
         for j, i0, i1 in tasks[lo:hi]:
             n = i1 - i0
             sT = buf[: Nk * n].reshape(Nk, n)
-            qj = q3[j, i0:i1]
-            if ggml:
-                qj = vec_dot_round(qj, k_type)
-            np.matmul(k3[j], qj.T, out=sT)  # mul_mat(k, q), key-major
-            wT, hT = rwT[j, :, i0:i1], rhT[j, :, i0:i1]
-            if ggml:
-                _mask_cols(sT, wT, hT, sc, colmax[:n])
-                _exp_sum_cols_ggml(sT, colmax[:n], acc[:n], POW2, t8[:, :n])
-                _scale_cols(sT, acc[:n])
-                p = vec_dot_round(sT, v_type).T
-            else:
-                _mask_cols(sT, wT, hT, sc, colmax[:n])
-                _sub_cols(sT, colmax[:n])
-                with np.errstate(invalid="ignore", over="ignore"):
-                    np.exp(sT, out=sT)  # NumPy's float32 exp, as the reference
-                _sum_scale_cols(sT, acc[:n])
-                p = sT.T
-            np.matmul(p, v3[j].T, out=res[j, i0:i1])
+            np.matmul(k3[j], q3[j, i0:i1].T, out=sT)  # mul_mat(k, q), key-major
+            _mask_cols(sT, rwT[j, :, i0:i1], rhT[j, :, i0:i1], sc, colmax[:n])
+            _sub_cols(sT, colmax[:n])
+            with np.errstate(invalid="ignore", over="ignore"):
+                np.exp(sT, out=sT)  # NumPy's float32 exp, as the reference
+            _sum_scale_cols(sT, acc[:n])
+            np.matmul(sT.T, v3[j].T, out=res[j, i0:i1])
 
     _blas.run_split(work, len(tasks))
