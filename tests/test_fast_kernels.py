@@ -22,7 +22,7 @@ from npggml.ops import registry
 FAST_OPS = sorted(n for n, d in registry.all_ops().items() if d.fast is not None)
 
 BITWISE = {"add", "sub", "mul", "div", "cont", "cont_1d", "cont_2d", "cont_3d", "cont_4d", "dup", "cpy", "concat",
-           "repeat", "repeat_4d", "im2col", "gelu_erf", "rope_ext"}
+           "repeat", "repeat_4d", "pad", "pad_ext", "im2col", "gelu_erf", "rope_ext"}
 BITWISE_GGML = {"gelu", "gelu_quick", "soft_max_ext", "geglu", "geglu_split"}
 RTOL = 1e-5
 

@@ -1,16 +1,17 @@
-"""erf(x / sqrt 2) rounded to float32, bit for bit as the reference's libm `erf` in double, 3x faster.
+"""erf(x / sqrt 2) rounded to float32, bit for bit as the reference's libm `erf` in double, ~6x faster.
 
 The reference GELU_ERF (exact numerics) computes `float32(erf(double(x) * 0.7071...))` with libm's double erf, a
 scalar call of ~15 ns. Here a branch-free Chebyshev expansion (Clenshaw recurrence, unrolled so that LLVM
-vectorises the loop over a row) gives erf in double to ~1e-14 relative; its float32 rounding is kept only when
+vectorises the loop over a row) gives erf in double to 4e-13 relative; its float32 rounding is kept only when
 `y * (1 - 1e-10)` and `y * (1 + 1e-10)` round to the same float32, i.e. when no rounding boundary lies within 1e-10
 of it: then the libm value (closer still to the true erf) rounds the same way. The ~0.3 % of elements near a
 boundary are recomputed with libm `erf`. |z| >= 4 gives +-1 exactly (1 - erf(4) = 1.5e-8 is below half a float32
 ulp of 1).
 
-Coefficients: `numpy.polynomial.chebyshev.chebfit` of g(z) = erf(z)/z against `math.erf` at 104 Chebyshev
-points of t = z*z/8 - 1 on z in (0, 4), degree 26 (g is even and entire, so a series in z*z converges fast and
-keeps the relative accuracy near 0: erf = z * g).
+Coefficients: `numpy.polynomial.chebyshev.chebfit` of g(z) = erf(z)/z against `math.erf` at 88 Chebyshev
+points of t = z*z/8 - 1 on z in (0, 4), degree 22 (g is even and entire, so a series in z*z converges fast and
+keeps the relative accuracy near 0: erf = z * g). Largest relative error of z * g against `math.erf` on 400001
+points of (0, 4]: 4.0e-13 (degree 21: 2.5e-12, 20: 1.5e-11; 26 would give 3e-15 at 1.2x the cost).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ MARGIN_LO, MARGIN_HI = F64(1.0 - 1e-10), F64(1.0 + 1e-10)
 serial = numba.njit(cache=True, nogil=True, fastmath=False)
 
 
-@serial
+# fma contraction only (no reassociation): the recurrence becomes 22 fma + 22 subtractions per element; its
+# result moves by ~1e-16 relative, far inside the 1e-10 margin below
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def erf_row(x, e, flag):
     """e[i] = float32(erf(x[i] / sqrt 2)) where certain; flag[i] = 1 where libm must decide."""
     for i in range(x.shape[0]):
@@ -38,33 +41,29 @@ def erf_row(x, e, flag):
         t2 = t + t
         u = 0.0
         v = 0.0
-        u = 3.256750158876906e-16 + t2 * v - u
-        v = -2.48979447242167e-15 + t2 * u - v
-        u = 1.8011528564124616e-14 + t2 * v - u
-        v = -1.16529806973126e-13 + t2 * u - v
-        u = 7.276595534749252e-13 + t2 * v - u
-        v = -4.3766803222878275e-12 + t2 * u - v
-        u = 2.5282994836523306e-11 + t2 * v - u
-        v = -1.4005313267182257e-10 + t2 * u - v
-        u = 7.427367619318289e-10 + t2 * v - u
-        v = -3.764477896889156e-09 + t2 * u - v
-        u = 1.82014487613125e-08 + t2 * v - u
-        v = -8.37899834614877e-08 + t2 * u - v
-        u = 3.664930433284405e-07 + t2 * v - u
-        v = -1.5197750710958193e-06 + t2 * u - v
-        u = 5.961274041378076e-06 + t2 * v - u
-        v = -2.2065495938706717e-05 + t2 * u - v
-        u = 7.688658221069221e-05 + t2 * v - u
-        v = -0.0002515965878093634 + t2 * u - v
-        u = 0.0007714154278401674 + t2 * v - u
-        v = -0.0022118406588100786 + t2 * u - v
-        u = 0.005922937956231974 + t2 * v - u
-        v = -0.01481186414781451 + t2 * u - v
-        u = 0.034669936800507374 + t2 * v - u
-        v = -0.07648275610550871 + t2 * u - v
-        u = 0.16182910121364613 + t2 * v - u
-        v = -0.3454078550049497 + t2 * u - v
-        g = 0.48591295690286307 + t * v - u
+        u = 7.276706734627954e-13 + t2 * v - u
+        v = -4.376722967435547e-12 + t2 * u - v
+        u = 2.52829647256048e-11 + t2 * v - u
+        v = -1.400533209936327e-10 + t2 * u - v
+        u = 7.427369523025465e-10 + t2 * v - u
+        v = -3.764478082678935e-09 + t2 * u - v
+        u = 1.820144906637589e-08 + t2 * v - u
+        v = -8.37899840969068e-08 + t2 * u - v
+        u = 3.6649304360826227e-07 + t2 * v - u
+        v = -1.5197750713388343e-06 + t2 * u - v
+        u = 5.961274041707086e-06 + t2 * v - u
+        v = -2.2065495938987407e-05 + t2 * u - v
+        u = 7.688658221091011e-05 + t2 * v - u
+        v = -0.00025159658780968687 + t2 * u - v
+        u = 0.0007714154278402871 + t2 * v - u
+        v = -0.0022118406588100695 + t2 * u - v
+        u = 0.005922937956231984 + t2 * v - u
+        v = -0.01481186414781466 + t2 * u - v
+        u = 0.03466993680050749 + t2 * v - u
+        v = -0.0764827561055091 + t2 * u - v
+        u = 0.16182910121364621 + t2 * v - u
+        v = -0.3454078550049499 + t2 * u - v
+        g = 0.48591295690286296 + t * v - u
 
         y = z * g
         lo = F32(y * MARGIN_LO)

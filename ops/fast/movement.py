@@ -1,5 +1,5 @@
-"""Copies: cont / cont_Nd / dup / cpy (same shape), concat, repeat / repeat_4d. Values are copied bit for bit
-(as unsigned integers of the element size), strided sources read in cache-friendly tiles."""
+"""Copies: cont / cont_Nd / dup / cpy (same shape), concat, repeat / repeat_4d, pad / pad_ext. Values are copied
+bit for bit (as unsigned integers of the element size), strided sources read in cache-friendly tiles."""
 
 from __future__ import annotations
 
@@ -133,3 +133,24 @@ def _repeat(dst, out, a, *_, **__):
 
 registry.get("repeat").fast_kernel(_repeat)
 registry.get("repeat_4d").fast_kernel(_repeat)
+
+
+def _pad_into(dst: np.ndarray, a: np.ndarray, lefts: tuple[int, int, int, int]):
+    """dst = a placed at offset `lefts` (NumPy axis order) with zeros around it: each zero cell written once."""
+    inner = tuple(slice(lo, lo + n) for lo, n in zip(lefts, a.shape))
+    if not copy_into(dst[inner], a):
+        return NotImplemented
+    for ax in range(4):
+        for side in (slice(0, inner[ax].start), slice(inner[ax].stop, None)):
+            dst[inner[:ax] + (side,) + (slice(None),) * (3 - ax)] = 0
+    return None
+
+
+@registry.get("pad").fast_kernel
+def pad_fast(dst, out, a, p0, p1, p2, p3):
+    return _pad_into(dst, a, (0, 0, 0, 0))
+
+
+@registry.get("pad_ext").fast_kernel
+def pad_ext_fast(dst, out, a, lp0, rp0, lp1, rp1, lp2, rp2, lp3, rp3):
+    return _pad_into(dst, a, (lp3, lp2, lp1, lp0))

@@ -106,7 +106,8 @@ serial = numba.njit(cache=True, nogil=True, fastmath=False)
 
 @serial
 def _mask_cols(sT, rwT, rhT, scale, colmax):
-    """w = s*scale + (rel_w[kw] + rel_h[kh]) in place; colmax = max over keys per query."""
+    """w = s*scale + (rel_w[kw] + rel_h[kh]) in place; colmax = max over keys per query. Two loops per key row:
+    fused, the running max kept LLVM from vectorising either."""
     W, Hh = rwT.shape[0], rhT.shape[0]
     qb = sT.shape[1]
     for c in range(qb):
@@ -117,8 +118,9 @@ def _mask_cols(sT, rwT, rhT, scale, colmax):
             row = sT[kh * W + kw]
             wr = rwT[kw]
             for c in range(qb):
-                x = row[c] * scale + (wr[c] + hr[c])
-                row[c] = x
+                row[c] = row[c] * scale + (wr[c] + hr[c])
+            for c in range(qb):
+                x = row[c]
                 m = colmax[c]
                 colmax[c] = x if x > m else m
 
@@ -220,7 +222,9 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
             n = i1 - i0
             sT = buf[: Nk * n].reshape(Nk, n)
             np.matmul(k3[j], q3[j, i0:i1].T, out=sT)  # mul_mat(k, q), key-major
-            _mask_cols(sT, rwT[j, :, i0:i1], rhT[j, :, i0:i1], sc, colmax[:n])
+            # contiguous copies of the block's bias rows: Numba compiles strided ('A') arrays unvectorised
+            rw_b, rh_b = np.ascontiguousarray(rwT[j, :, i0:i1]), np.ascontiguousarray(rhT[j, :, i0:i1])
+            _mask_cols(sT, rw_b, rh_b, sc, colmax[:n])
             _sub_cols(sT, colmax[:n])
             with np.errstate(invalid="ignore", over="ignore"):
                 np.exp(sT, out=sT)  # NumPy's float32 exp, as the reference
