@@ -34,6 +34,12 @@ POW2 = np.array([math.ldexp(1.0, n) for n in range(-192, 193)], dtype=F64)
 
 
 @helper
+def row_of(r, n2, n1):
+    """Row r of a 4-D array's n3*n2*n1 rows (the prange index of the row kernels) -> (i3, i2, i1)."""
+    return r // (n2 * n1), (r // n1) % n2, r % n1
+
+
+@helper
 def fma32(a, b, c):
     """float32(a*b + c) computed in double: the ref's `_libm.fma32`, bit for bit."""
     return F32(F64(a) * F64(b) + F64(c))

@@ -21,7 +21,7 @@ import math
 import numba
 import numpy as np
 
-from npggml.ops.fast._common import F32, F64, kernel
+from npggml.ops.fast._common import F32, F64, kernel, row_of
 
 INV_SQRT2 = F64(0.70710678118654752440)
 MARGIN_LO, MARGIN_HI = F64(1.0 - 1e-10), F64(1.0 + 1e-10)
@@ -89,9 +89,7 @@ def gelu_erf_exact(x, y):
     """y = 0.5 x (1 + erf(x / sqrt 2)) for 4-D float32 x, rows in parallel (y may be x)."""
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         flag = np.empty(n0, np.uint8)
         xr = x[i3, i2, i1]
         yr = y[i3, i2, i1]

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 
 from npggml.ops import registry
-from npggml.ops.fast._common import F32, kernel
+from npggml.ops.fast._common import F32, kernel, row_of
 
 ADD, SUB, MUL, DIV = range(4)
 
@@ -16,9 +16,7 @@ def _binary(a, b, op, y):
     n3, n2, n1, n0 = a.shape
     b3, b2, b1, b0 = b.shape
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         ar = a[i3, i2, i1]
         br = b[i3 % b3, i2 % b2, i1 % b1]
         yr = y[i3, i2, i1]

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 
 from npggml.ops import registry
-from npggml.ops.fast._common import kernel
+from npggml.ops.fast._common import kernel, row_of
 
 TILE = 32
 _UINT = {4: np.uint32, 2: np.uint16, 8: np.uint64, 1: np.uint8}
@@ -18,9 +18,7 @@ def _copy_rows(x, y):
     """y = x, same 4-D shape; x's last axis has unit stride (or is short)."""
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         xr = x[i3, i2, i1]
         yr = y[i3, i2, i1]
         for i in range(n0):
@@ -111,9 +109,7 @@ def _tile(x, y):
     n3, n2, n1, n0 = y.shape
     a3, a2, a1, a0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         xr = x[i3 % a3, i2 % a2, i1 % a1]
         yr = y[i3, i2, i1]
         if a0 == n0:

@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 from npggml.ops import registry
-from npggml.ops.fast._common import F32, F64, is_f32, kernel, reduce_add16
+from npggml.ops.fast._common import F32, F64, is_f32, kernel, reduce_add16, row_of
 
 
 @kernel
@@ -18,9 +18,7 @@ def _norm(x, eps, y):
     n3, n2, n1, n0 = x.shape
     nb = n0 // 16 * 16
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         xr = x[i3, i2, i1]
         yr = y[i3, i2, i1]
         s = F64(0.0)
@@ -47,9 +45,7 @@ def _norm(x, eps, y):
 def _rms_norm(x, eps, y):
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         xr = x[i3, i2, i1]
         yr = y[i3, i2, i1]
         s = F64(0.0)

@@ -13,7 +13,7 @@ import numpy as np
 from npggml.ops import registry
 from npggml.ops.attention import alibi_slopes
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, POW2, helper, is_f32, kernel, reduce_add16, v_expf
+from npggml.ops.fast._common import F32, F64, POW2, helper, is_f32, kernel, reduce_add16, row_of, v_expf
 from npggml.ops.registry import ggml_numerics
 
 NEG_INF = F32(-np.inf)
@@ -109,9 +109,7 @@ def _scale_mask(a, m, slopes, scale, y):
     m3, m2 = m.shape[0], m.shape[1]
     has_mask = m.shape[3] > 0
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         sl = slopes[i2]
         if has_mask:
             for i0 in range(n0):

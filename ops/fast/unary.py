@@ -11,7 +11,7 @@ import numpy as np
 
 from npggml.ops import registry
 from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_INV, SQRT_2_OVER_PI, _f16_table
-from npggml.ops.fast._common import F32, F64, POW2, f16_bits, fma32, helper, is_f32, kernel, v_expf
+from npggml.ops.fast._common import F32, F64, POW2, f16_bits, fma32, helper, is_f32, kernel, row_of, v_expf
 from npggml.ops.fast._erf import gelu_erf_exact
 from npggml.ops.registry import ggml_numerics
 
@@ -58,9 +58,7 @@ def act(x, u, kind, table, pow2):
 def _unary(x, xu, kind, table, y):
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         nb = n0 // 16 * 16 if kind == SILU_SIMD else 0
         for i in range(n0):
             k = kind if i < nb or kind != SILU_SIMD else SILU
@@ -72,9 +70,7 @@ def _glu(x, xu, g, kind, table, y):
     """y = act(x) * g."""
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
-        i3 = r // (n2 * n1)
-        i2 = (r // n1) % n2
-        i1 = r % n1
+        i3, i2, i1 = row_of(r, n2, n1)
         nb = n0 // 16 * 16 if kind == SILU_SIMD else 0
         for i in range(n0):
             k = kind if i < nb or kind != SILU_SIMD else SILU
