@@ -27,7 +27,7 @@ import numpy as np
 from npggml.graph.tensor import Tensor, packed_nb
 from npggml.ops import registry
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, is_f32
+from npggml.ops.fast._common import F32, F64, is_f32, kernel
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
@@ -166,6 +166,20 @@ def _mul_mat(node: Tensor, a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> Non
         dst[...] = np.asarray(d.ref(node, a, b), F32)
 
 
+@kernel
+def _scale_add_bias(w, rw, rh, scale):
+    """w[q, kh*W + kw] = w*scale + (rel_w[q, kw] + rel_h[q, kh]): soft_max_ext's a*scale + 1*mask with the mask
+    add(repeat_4d(rel_w), rel_h), query rows in parallel."""
+    W, Hh = rw.shape[1], rh.shape[1]
+    for q in numba.prange(w.shape[0]):
+        row = w[q]
+        wr = rw[q]
+        for kh in range(Hh):
+            h = rh[q, kh]
+            for kw in range(W):
+                row[kh * W + kw] = row[kh * W + kw] * scale + (wr[kw] + h)
+
+
 def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
     """ggml numerics, head by head: the two products by the mul_mat kernels themselves (on stand-ins with the
     replaced nodes' operands, so whatever ggml kernel they reproduce, they reproduce it here), the bias, scale
@@ -180,9 +194,7 @@ def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
     w = np.empty((1, 1, Nq, Nk), F32)
     for j in range(q3.shape[0]):
         _mul_mat(kq_t, k3[j][None, None], q3[j][None, None], w)
-        mask = (rw[j][:, None, :] + rh[j][:, :, None]).reshape(Nq, Nk)  # add(repeat_4d(rel_w), rel_h)
-        np.multiply(w[0, 0], scale, out=w[0, 0])
-        np.add(w[0, 0], mask, out=w[0, 0])  # a*scale + 1*mask, as soft_max_ext
+        _scale_add_bias(w[0, 0], rw[j], rh[j], scale)
         _softmax_ggml(w[0, 0], w[0, 0])
         _mul_mat(kqv_t, v3[j][None, None], w, res[j][None, None])
 

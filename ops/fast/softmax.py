@@ -35,10 +35,10 @@ def exp_sum_ggml(w, mx, y, pow2, tmp):
     nb = n // 16 * 16
     s = F64(0.0)
     for b in range(0, nb, 16):
+        for l in range(16):  # into tmp first: with y aliasing w (in place) the fused loop ran 2x slower
+            tmp[l] = v_expf(F32(w[b + l] - mx), pow2)
         for l in range(16):
-            e = v_expf(F32(w[b + l] - mx), pow2)
-            y[b + l] = e
-            tmp[l] = e
+            y[b + l] = tmp[l]
         s += F64(reduce_add16(tmp))
     for i in range(nb, n):
         e = F32(math.exp(F32(w[i] - mx)))
