@@ -3,14 +3,20 @@
 `mul_mat(a [K, M, a2, a3], b [K, N, b2, b3]) -> [M, N, b2, b3]`, `out[m, n] = sum_k a[k, m] b[k, n]`, with a
 broadcast over dims 2/3 by integer division (GQA style). Under "ggml" numerics b is first converted to a's
 vec_dot type as the CPU does (F16 for F16 weights, BF16 for BF16, Q8_0 blocks for Q4_0/Q8_0, Q8_K blocks for
-K-quants), so results track llama.cpp's at that precision.
+K-quants), so results track llama.cpp's at that precision, and every product goes through `ggml_matmul`: one
+float32 BLAS product per matrix of the stack, on contiguous operands, at a fixed BLAS thread count. Only that
+makes the result independent of how a fast kernel would cut the work (some BLAS builds give other last bits for
+another cut, and ggml numerics amplify one ulp through f16 tables), so the fast kernel and the fused attention
+call the same function and reproduce these bits on any CPU. Summation order is the BLAS's, not ggml's.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from npggml.graph.tensor import is_quantized
+from npggml.ops import openblas
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
 F32 = np.float32
@@ -71,11 +77,20 @@ def broadcast_a(a: np.ndarray, b_shape: tuple) -> np.ndarray:
     return a
 
 
+def ggml_matmul(a: np.ndarray, b: np.ndarray, a_type: str, out: np.ndarray | None = None) -> np.ndarray:
+    """mul_mat under ggml numerics, in NumPy order: b (b3, b2, N, K) rounded to a's vec_dot type, times a
+    (a3, a2, M, K) transposed and broadcast, as C-contiguous stacks in one `np.matmul` (so one sgemm per matrix,
+    the same call whatever the caller) with as many BLAS threads as Numba has workers."""
+    b = np.ascontiguousarray(vec_dot_round(b.astype(F32, copy=False), a_type))
+    a = np.ascontiguousarray(broadcast_a(a.astype(F32, copy=False), b.shape))
+    with openblas.threads(numba.get_num_threads()):
+        return np.matmul(b, a.swapaxes(-1, -2), out=out)
+
+
 @mul_mat.kernel
 def _mul_mat(out, a, b):
-    a_type = out.srcs[0].dtype
+    if ggml_numerics():
+        return ggml_matmul(a, b, out.srcs[0].dtype)
     a = a.astype(F32, copy=False)
     b = b.astype(F32, copy=False)
-    if ggml_numerics():
-        b = vec_dot_round(b, a_type)
     return np.matmul(b, broadcast_a(a, b.shape).swapaxes(-1, -2))

@@ -3,7 +3,8 @@
 
 The list of ops comes from the registry, so a new `.fast` is tested as soon as it is attached (and must have a
 strategy). Equality is bitwise where the fast kernel performs the reference's float operations in the same order
-(copies, broadcast arithmetic, table lookups, ggml's SIMD softmax, RoPE, im2col, erf GELU); elsewhere (BLAS
+(copies, broadcast arithmetic, table lookups, ggml's SIMD softmax, RoPE, im2col, erf GELU, and every product under
+ggml numerics, which both kernels compute through one routine: `ops.linalg.ggml_matmul`); elsewhere (BLAS
 blocking, libm vs NumPy SIMD transcendentals, double sums in another order) the difference must stay within 1e-5
 of the result's largest magnitude.
 """
@@ -23,7 +24,7 @@ FAST_OPS = sorted(n for n, d in registry.all_ops().items() if d.fast is not None
 
 BITWISE = {"add", "sub", "mul", "div", "cont", "cont_1d", "cont_2d", "cont_3d", "cont_4d", "dup", "cpy", "concat",
            "repeat", "repeat_4d", "pad", "pad_ext", "im2col", "gelu_erf", "rope_ext"}
-BITWISE_GGML = {"gelu", "gelu_quick", "soft_max_ext", "geglu", "geglu_split"}
+BITWISE_GGML = {"gelu", "gelu_quick", "soft_max_ext", "geglu", "geglu_split", "mul_mat", "sam_rel_attn"}
 RTOL = 1e-5
 
 _ran_fast: dict[tuple[str, str], int] = {}

@@ -9,57 +9,15 @@ so each thread runs a single-threaded sgemm on its share of the batch or of the 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import glob
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
-_lib = None
-_set = None
-_get = None
+from npggml.ops.openblas import get_threads, set_threads, threads
+
 _pool: ThreadPoolExecutor | None = None
 _switched = False
-
-
-def _load() -> None:
-    global _lib, _set, _get
-    if _lib is not None:
-        return
-    _lib = False
-    libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*.so*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                try:
-                    s = getattr(lib, f"{prefix}_set_num_threads{suffix}")
-                    g = getattr(lib, f"{prefix}_get_num_threads{suffix}")
-                except AttributeError:
-                    continue
-                s.argtypes, s.restype = [ctypes.c_int], None
-                g.argtypes, g.restype = [], ctypes.c_int
-                _lib, _set, _get = lib, s, g
-                return
-
-
-def get_threads() -> int | None:
-    _load()
-    return _get() if _get else None
-
-
-def set_threads(n: int) -> None:
-    _load()
-    if _set:
-        _set(int(n))
-
-
 _default_threads: int | None = None
 
 
@@ -72,16 +30,9 @@ def use_own_threads() -> None:
         set_threads(1)
 
 
-@contextlib.contextmanager
 def blas_threads(n: int | None = None):
     """OpenBLAS with `n` threads (default: what it had before the fast kernels switched it) inside the block."""
-    old = get_threads()
-    set_threads(n if n is not None else (_default_threads or old or 1))
-    try:
-        yield
-    finally:
-        if old is not None:
-            set_threads(old)
+    return threads(n if n is not None else (_default_threads or get_threads() or 1))
 
 
 def workers() -> int:

@@ -1,7 +1,8 @@
 """mul_mat through NumPy's BLAS (OpenBLAS sgemm): batched `np.matmul` with `out=` straight into the node's
 buffer, a broadcast over dims 2/3 by integer division as a reshape (no copies of a). Operands whose rows are
-not unit-stride are made contiguous first (BLAS needs one unit stride). Under ggml numerics b is first rounded to
-a's vec_dot type exactly as the reference kernel (`ops.linalg.vec_dot_round`)."""
+not unit-stride are made contiguous first (BLAS needs one unit stride). Under ggml numerics the product is the
+reference kernel's own `ops.linalg.ggml_matmul`, written into the node's buffer: no cutting over the pool, so the
+same bits as the reference on every BLAS build."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from npggml.ops import registry
 from npggml.ops.fast import _blas
 from npggml.ops.fast._common import F32
-from npggml.ops.linalg import vec_dot_round
+from npggml.ops.linalg import ggml_matmul
 from npggml.ops.registry import ggml_numerics
 
 
@@ -53,8 +54,7 @@ def matmul_bt(b: np.ndarray, a: np.ndarray, dst: np.ndarray) -> None:
 def mul_mat_fast(dst, out, a, b):
     if dst.dtype != F32 or not dst.flags.c_contiguous:
         return NotImplemented
-    a_type = out.srcs[0].dtype
-    b = b.astype(F32, copy=False)
     if ggml_numerics():
-        b = vec_dot_round(b, a_type)
-    matmul_bt(blas_ready(b), blas_ready(a), dst)
+        ggml_matmul(a, b, out.srcs[0].dtype, out=dst)
+        return None
+    matmul_bt(blas_ready(b.astype(F32, copy=False)), blas_ready(a), dst)
