@@ -120,3 +120,28 @@ def test_exp32_accuracy_and_special_values():
     got = np.empty_like(special)
     run(special, got)
     np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
+
+
+def test_sam_rel_attn_block_path(monkeypatch):
+    """The strategy's heads are small (batched whole-head path); the same cases through the per-block path that
+    large heads take (several query blocks per head) must agree with the reference as well."""
+    from npggml.ops.fast import sam_attn
+
+    monkeypatch.setattr(sam_attn, "SMALL_HEAD", 0)
+    monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
+    ran = []
+
+    @settings(max_examples=25)
+    @given(STRATEGIES["sam_rel_attn"]())
+    def check(case):
+        node, inputs = build_case(case)
+        graph = Graph(node)
+        (ref,) = Interpreter(graph, numerics="exact", fast=False).run(inputs)
+        it = Interpreter(graph, numerics="exact", fast=True)
+        (fast,) = it.run(inputs)
+        if it.kernel_used[graph.index[id(node)]] == "fast":
+            ran.append(sam_attn.blocks(node.ne[1], node.srcs[1].ne[1]) < node.ne[1])
+        _compare("sam_rel_attn", "exact", fast, ref, case)
+
+    check()
+    assert any(ran), "no case made more than one query block"

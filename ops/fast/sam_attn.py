@@ -16,7 +16,8 @@ with one single-threaded sgemm (`k @ q_block^T`), then two Numba passes that run
 max of the scaled and biased scores (read only), then their exponentials in place with each query's double sum
 (keys in order; `exp32`, within 1.3 ulp of exp), multiplies by v with a second sgemm straight into the result and
 scales each 64-wide output row by 1/sum (the reference normalises the probabilities before the product: the same
-value to float32 rounding). Memory: one 8 MiB block per thread. Under ggml numerics it goes head by head
+value to float32 rounding). Memory: one 8 MiB block per thread. Small heads (14x14 windows) go in chunks of
+whole heads instead (`_small_heads`). Under ggml numerics it goes head by head
 through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml
 kernel they reproduce (one head's scores).
 """
@@ -34,6 +35,7 @@ from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
 BLOCK_ELEMENTS = 1 << 21  # scores per block (8 MiB of float32): 512 query rows of 4096 keys
+SMALL_HEAD = 1 << 16  # heads of at most this many scores (a 196 x 196 window) go in batches of whole heads
 
 
 def _flops(n) -> float:
@@ -159,6 +161,39 @@ def _scale_rows(res, acc):
             row[d] = row[d] * inv
 
 
+@kernel
+def _softmax_heads(S, rwT, rhT, scale, acc):
+    """`_max_cols` then `_exp_cols` on each head's whole key-major score matrix S[j], heads in parallel."""
+    for j in numba.prange(S.shape[0]):
+        colmax = np.empty(S.shape[2], F32)
+        _max_cols(S[j], rwT[j], rhT[j], scale, colmax)
+        _exp_cols(S[j], rwT[j], rhT[j], scale, colmax, acc[j])
+
+
+@kernel
+def _scale_heads(res, acc):
+    for j in numba.prange(res.shape[0]):
+        _scale_rows(res[j], acc[j])
+
+
+def _small_heads(q3, k3, v3, rwT, rhT, scale, res) -> None:
+    """Many small heads (SAM's 14x14 windows: 300 heads of 196 x 196 per global-view layer): chunks of whole
+    heads, each chunk's scores in one batched product, both softmax passes in one parallel kernel, the second
+    product batched too. Per-head tasks spent more time being dispatched than computing."""
+    J, Nq, _ = q3.shape
+    Nk = k3.shape[1]
+    chunk = max(1, min(J, 2 * BLOCK_ELEMENTS // (Nq * Nk)))
+    buf = np.empty(chunk * Nk * Nq, F32)
+    acc = np.empty((J, Nq), F64)
+    for h0 in range(0, J, chunk):
+        h1 = min(h0 + chunk, J)
+        S = buf[: (h1 - h0) * Nk * Nq].reshape(h1 - h0, Nk, Nq)
+        _blas.batched(k3[h0:h1], q3[h0:h1].transpose(0, 2, 1), S)  # mul_mat(k, q), key-major
+        _softmax_heads(S, rwT[h0:h1], rhT[h0:h1], scale, acc[h0:h1])
+        _blas.batched(S.transpose(0, 2, 1), v3[h0:h1].transpose(0, 2, 1), res[h0:h1])
+        _scale_heads(res[h0:h1], acc[h0:h1])
+
+
 def _mul_mat(node: Tensor, a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> None:
     """dst = the value of the mul_mat `node` (a stand-in) for operands a, b: its fast kernel, else its
     reference kernel (4-D arrays)."""
@@ -200,10 +235,10 @@ def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
         _mul_mat(kqv_t, v3[j][None, None], w, res[j][None, None])
 
 
-def blocks(nq: int, nk: int, budget: int = BLOCK_ELEMENTS) -> int:
-    """Query rows per block: blocks of at most `budget` scores, the rows shared out evenly (1600 queries make
-    two blocks of 800, not 1310 + 290)."""
-    most = max(1, min(nq, budget // max(nk, 1)))
+def blocks(nq: int, nk: int) -> int:
+    """Query rows per block: blocks of at most BLOCK_ELEMENTS scores, the rows shared out evenly (1600 queries
+    make two blocks of 800, not 1310 + 290)."""
+    most = max(1, min(nq, BLOCK_ELEMENTS // max(nk, 1)))
     n_blocks = -(-nq // most)
     return -(-nq // n_blocks)
 
@@ -221,9 +256,12 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     rwT = np.ascontiguousarray(rw.transpose(0, 2, 1))  # (BH, W, Nq): one row of queries per kw
     rhT = np.ascontiguousarray(rh.transpose(0, 2, 1))  # (BH, Hh, Nq)
     res = dst.reshape(B * H, Nq, D)
+    sc = F32(scale)
+    if Nq * Nk <= SMALL_HEAD:
+        _small_heads(q3, k3, v3, rwT, rhT, sc, res)
+        return None
     qb = blocks(Nq, Nk)
     tasks = [(j, i0, min(i0 + qb, Nq)) for j in range(B * H) for i0 in range(0, Nq, qb)]
-    sc = F32(scale)
     _blas.use_own_threads()
 
     def work(lo, hi):
