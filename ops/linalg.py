@@ -79,12 +79,18 @@ def broadcast_a(a: np.ndarray, b_shape: tuple) -> np.ndarray:
 
 def ggml_matmul(a: np.ndarray, b: np.ndarray, a_type: str, out: np.ndarray | None = None) -> np.ndarray:
     """mul_mat under ggml numerics, in NumPy order: b (b3, b2, N, K) rounded to a's vec_dot type, times a
-    (a3, a2, M, K) transposed and broadcast, as C-contiguous stacks in one `np.matmul` (so one sgemm per matrix,
-    the same call whatever the caller) with as many BLAS threads as Numba has workers."""
+    (a3, a2, M, K) transposed and broadcast, on C-contiguous operands with as many BLAS threads as Numba has
+    workers: one sgemm over all of b's rows when a is one matrix (a weight), else one per matrix of the stack.
+    The same calls whatever the caller, so the same bits."""
     b = np.ascontiguousarray(vec_dot_round(b.astype(F32, copy=False), a_type))
-    a = np.ascontiguousarray(broadcast_a(a.astype(F32, copy=False), b.shape))
+    a = np.ascontiguousarray(a.astype(F32, copy=False))
     with openblas.threads(numba.get_num_threads()):
-        return np.matmul(b, a.swapaxes(-1, -2), out=out)
+        if a.shape[0] == a.shape[1] == 1:
+            m = a.shape[2]
+            rows = b.reshape(-1, b.shape[-1])
+            res = np.matmul(rows, a[0, 0].T, out=None if out is None else out.reshape(-1, m))
+            return res.reshape(*b.shape[:-1], m) if out is None else out
+        return np.matmul(b, broadcast_a(a, b.shape).swapaxes(-1, -2), out=out)
 
 
 @mul_mat.kernel
