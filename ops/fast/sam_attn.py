@@ -17,9 +17,9 @@ max of the scaled and biased scores (read only), then their exponentials in plac
 (keys in order; `exp32`, within 1.3 ulp of exp), multiplies by v with a second sgemm straight into the result and
 scales each 64-wide output row by 1/sum (the reference normalises the probabilities before the product: the same
 value to float32 rounding). Memory: one 8 MiB block per thread. Small heads (14x14 windows) go in chunks of
-whole heads instead (`_small_heads`). Under ggml numerics it goes head by head
-through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml
-kernel they reproduce (one head's scores).
+whole heads instead (`_small_heads`). Under ggml numerics it goes head by head through the mul_mat kernels
+themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they reproduce (one
+head's scores).
 """
 
 from __future__ import annotations
