@@ -113,42 +113,38 @@ serial_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"})
 
 @serial_fma
 def _max_cols(sT, rwT, rhT, scale, colmax):
-    """colmax = max over keys of s*scale + (rel_w[kw] + rel_h[kh]) per query (the scores are only read)."""
+    """colmax = max over keys of s*scale + (rel_w[kw] + rel_h[kh]) per query (the scores are only read). Each key
+    row's biased scores go to a temporary row first; the running max as a loop of selects ran 3x slower than
+    `np.maximum` (a NaN score makes its query's max NaN, and so its output, as in the reference)."""
     W, Hh = rwT.shape[0], rhT.shape[0]
     qb = sT.shape[1]
-    for c in range(qb):
-        colmax[c] = NEG_INF
+    tmp = np.empty(qb, F32)
+    colmax[:] = NEG_INF
     for kh in range(Hh):
         hr = rhT[kh]
         for kw in range(W):
             row = sT[kh * W + kw]
             wr = rwT[kw]
             for c in range(qb):
-                x = row[c] * scale + (wr[c] + hr[c])
-                m = colmax[c]
-                colmax[c] = x if x > m else m
+                tmp[c] = row[c] * scale + (wr[c] + hr[c])
+            np.maximum(colmax, tmp, colmax)
 
 
 @serial_fma
 def _exp_cols(sT, rwT, rhT, scale, colmax, acc):
-    """sT = exp(s*scale + (rel_w + rel_h) - colmax) in place (the masked scores again, as `_max_cols` formed
-    them), acc = their double sum over keys per query, keys in order. The exponentials go through a temporary
-    row: summed in the same loop, the double accumulators kept it from vectorising."""
+    """sT = exp(s*scale + (rel_w + rel_h) - colmax) in place (the biased scores again, as `_max_cols` formed
+    them), acc = their double sum over keys per query, keys in order."""
     W, Hh = rwT.shape[0], rhT.shape[0]
     qb = sT.shape[1]
-    tmp = np.empty(qb, F32)
-    for c in range(qb):
-        acc[c] = 0.0
+    acc[:] = 0.0
     for kh in range(Hh):
         hr = rhT[kh]
         for kw in range(W):
             row = sT[kh * W + kw]
             wr = rwT[kw]
             for c in range(qb):
-                tmp[c] = exp32(row[c] * scale + (wr[c] + hr[c]) - colmax[c])
-            for c in range(qb):
-                row[c] = tmp[c]
-                acc[c] += F64(tmp[c])
+                row[c] = exp32(row[c] * scale + (wr[c] + hr[c]) - colmax[c])
+            np.add(acc, row, acc)
 
 
 @serial
