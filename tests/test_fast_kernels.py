@@ -54,20 +54,25 @@ def _compare(op: str, numerics: str, fast: np.ndarray, ref: np.ndarray, case) ->
     assert err <= RTOL * scale, f"{case}: max |fast - ref| = {err:.3g} > {RTOL} * {scale:.3g}"
 
 
+def _check_case(op: str, numerics: str, case):
+    """Run a case with the reference and the fast kernels, compare; returns (node, whether the fast one ran)."""
+    node, inputs = build_case(case)
+    graph = Graph(node)
+    (ref,) = Interpreter(graph, numerics=numerics, fast=False).run(inputs)
+    it = Interpreter(graph, numerics=numerics, fast=True)
+    (fast,) = it.run(inputs)
+    _compare(op, numerics, fast, ref, case)
+    return node, it.kernel_used[graph.index[id(node)]] == "fast"
+
+
 @pytest.mark.parametrize("numerics", ["ggml", "exact"])
 @pytest.mark.parametrize("op", [o for o in FAST_OPS if o in STRATEGIES])
 def test_fast_equals_reference(op, numerics):
     @settings(max_examples=25)
     @given(STRATEGIES[op]())
     def check(case):
-        node, inputs = build_case(case)
-        graph = Graph(node)
-        (ref,) = Interpreter(graph, numerics=numerics, fast=False).run(inputs)
-        it = Interpreter(graph, numerics=numerics, fast=True)
-        (fast,) = it.run(inputs)
-        if it.kernel_used[graph.index[id(node)]] == "fast":
+        if _check_case(op, numerics, case)[1]:
             _ran_fast[(op, numerics)] = _ran_fast.get((op, numerics), 0) + 1
-        _compare(op, numerics, fast, ref, case)
 
     check()
     # the fast kernel may decline some types (f16/bf16 results, ...), but not every case
@@ -134,14 +139,9 @@ def test_sam_rel_attn_block_path(monkeypatch):
     @settings(max_examples=25)
     @given(STRATEGIES["sam_rel_attn"]())
     def check(case):
-        node, inputs = build_case(case)
-        graph = Graph(node)
-        (ref,) = Interpreter(graph, numerics="exact", fast=False).run(inputs)
-        it = Interpreter(graph, numerics="exact", fast=True)
-        (fast,) = it.run(inputs)
-        if it.kernel_used[graph.index[id(node)]] == "fast":
+        node, used_fast = _check_case("sam_rel_attn", "exact", case)
+        if used_fast:
             ran.append(sam_attn.blocks(node.ne[1], node.srcs[1].ne[1]) < node.ne[1])
-        _compare("sam_rel_attn", "exact", fast, ref, case)
 
     check()
     assert any(ran), "no case made more than one query block"
