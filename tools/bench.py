@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from npggml.ops.malloc import retained
 from npggml.tools.encode import add_model_args, open_encoder
 
 
@@ -146,6 +147,7 @@ def run(args) -> int:
         "n_nodes": len(result.interpreter.graph.nodes),
         "threads": {"numba": numba.get_num_threads(), "numba_layer": numba.threading_layer(),
                     "blas_default": _blas._default_threads or _blas.get_threads()},
+        "malloc_retained": retained(),
         "sgemm_gflops": round(sgemm, 2),
         "compile_seconds": round(compile_s, 3),
         "warmup_seconds": round(warmup, 3),
@@ -171,7 +173,8 @@ def run(args) -> int:
           f"{report['numba_cache']['cache_hits']}, misses {report['numba_cache']['cache_misses']})")
     print(f"encode (median)   {seconds:8.3f} s  over {args.repeat} runs {report['encode_runs']}")
     print(f"FLOPs             {flops / 1e12:8.3f} TFLOP -> {gflops:.1f} GFLOP/s = {gflops / sgemm:.1%} of sgemm")
-    print(f"peak RSS          {report['peak_rss_bytes'] / 2**30:8.2f} GiB")
+    print(f"peak RSS          {report['peak_rss_bytes'] / 2**30:8.2f} GiB  (freed memory "
+          f"{'retained' if report['malloc_retained'] else 'returned: glibc default'})")
     print(f"{'op':<16}{'count':>6}{'seconds':>10}{'share':>8}{'GFLOP':>10}{'GFLOP/s':>10}  kernels")
     total_t = sum(v["seconds"] for v in per_op.values()) or 1.0
     for name, v in per_op.items():

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from npggml.errors import NpggmlError
+from npggml.ops.malloc import retain_freed_memory
 
 SUBCOMMANDS = ["encode", "inspect", "make_gguf", "graph", "trace", "compare", "bench"]
 
@@ -24,6 +25,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="npggml", description=__doc__.splitlines()[0])
+    parser.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                        help="retain (default): keep freed memory in the process for the kernels' temporaries "
+                             "(glibc: no mmap'd chunks, no trimming; see npggml.ops.malloc); default: glibc's policy")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in SUBCOMMANDS:
         try:
@@ -38,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.malloc == "retain":
+        retain_freed_memory()
     try:
         return int(args.func(args) or 0)
     except NpggmlError as e:
