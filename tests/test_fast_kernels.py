@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from strategies import STRATEGIES, build_case
 
 from npggml.graph.graph import Graph
@@ -145,3 +146,29 @@ def test_sam_rel_attn_block_path(monkeypatch):
 
     check()
     assert any(ran), "no case made more than one query block"
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 3000), min_chunk=st.integers(1, 700))
+def test_run_split_covers_every_index_once(n, min_chunk):
+    """The pool's shared-cursor scheduler: disjoint chunks that cover [0, n) exactly once, none below
+    `min_chunk` except the last."""
+    import threading
+
+    from npggml.ops.fast import _blas
+
+    seen = np.zeros(n, np.int64)
+    spans = []
+    lock = threading.Lock()
+
+    def fn(lo, hi):
+        assert 0 <= lo < hi <= n
+        with lock:
+            seen[lo:hi] += 1
+            spans.append((lo, hi))
+
+    _blas.run_split(fn, n, min_chunk)
+    assert (seen == 1).all()
+    assert all(hi - lo >= min_chunk for lo, hi in spans if hi != n)
+    if n == 0:
+        assert not spans

@@ -24,6 +24,8 @@ head's scores).
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -263,11 +265,14 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     tasks = [(j, i0, min(i0 + qb, Nq)) for j in range(B * H) for i0 in range(0, Nq, qb)]
     _blas.use_own_threads()
 
+    scratch = {}  # per thread: one block of scores, its column maxima and sums
+
     def work(lo, hi):
-        """Each pool thread: its blocks of (head, query rows), scores -> softmax -> times v, all on its own."""
-        buf = np.empty(qb * Nk, F32)
-        colmax = np.empty(qb, F32)
-        acc = np.empty(qb, F64)
+        """A chunk of blocks of (head, query rows), each on its own: scores -> softmax -> times v."""
+        tid = threading.get_ident()
+        if tid not in scratch:
+            scratch[tid] = np.empty(qb * Nk, F32), np.empty(qb, F32), np.empty(qb, F64)
+        buf, colmax, acc = scratch[tid]
         for j, i0, i1 in tasks[lo:hi]:
             n = i1 - i0
             sT = buf[: Nk * n].reshape(Nk, n)
