@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="npggml", description=__doc__.splitlines()[0])
     parser.add_argument("--malloc", choices=["retain", "default"], default="retain",
                         help="retain (default): keep freed memory in the process for the kernels' temporaries "
-                             "(glibc: no mmap'd chunks, no trimming; see npggml.ops.malloc); default: glibc's policy")
+                             "(glibc: no mmap'd chunks, no trimming; npggml.ops.malloc); default: glibc's policy")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in SUBCOMMANDS:
         try:
