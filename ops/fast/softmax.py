@@ -1,7 +1,7 @@
 """soft_max_ext: scale, mask (broadcast over dims 2/3, extra mask rows ignored), ALiBi slope, row softmax with the
 sum accumulated in double. Under ggml numerics the exponentials are ggml's SIMD exp on blocks of 16 (libm expf on
 the tail) and each block's sum is reduced in float32 first, as `_libm.vec_soft_max_f32`; under exact numerics
-they are NumPy's float32 exp, as the reference kernel."""
+one pass per row with `exp32` (the reference uses NumPy's float32 exp: within 1e-5, not bitwise)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import numpy as np
 
 from npggml.ops import registry
 from npggml.ops.attention import alibi_slopes
-from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, POW2, helper, is_f32, kernel, reduce_add16, row_of, v_expf
+from npggml.ops.fast._common import F32, F64, POW2, exp32, helper, is_f32, kernel, reduce_add16, row_of, v_expf
 from npggml.ops.registry import ggml_numerics
 
 NEG_INF = F32(-np.inf)
@@ -66,43 +65,6 @@ def _softmax_ggml(w, y):
 
 
 @kernel
-def _sub_max(w, y):
-    for r in numba.prange(w.shape[0]):
-        mx = row_max(w[r])
-        for i in range(w.shape[1]):
-            y[r, i] = w[r, i] - mx
-
-
-@kernel
-def _normalise(y):
-    for r in numba.prange(y.shape[0]):
-        s = F64(0.0)
-        for i in range(y.shape[1]):
-            s += F64(y[r, i])
-        scale_row(y[r], s)
-
-
-def exp_inplace(flat: np.ndarray) -> None:
-    """NumPy's float32 exp (the reference's) in place on a 2-D array, its rows shared out over the pool."""
-
-    def part(lo, hi):
-        with np.errstate(invalid="ignore", over="ignore"):
-            np.exp(flat[lo:hi], out=flat[lo:hi])
-
-    _blas.run_split(part, flat.shape[0], min_chunk=64)
-
-
-def softmax_rows_inplace(w2: np.ndarray) -> None:
-    """Row softmax of a C-contiguous float32 2-D array, in place, with the reference's numerics."""
-    if ggml_numerics():
-        _softmax_ggml(w2, w2)
-    else:
-        _sub_max(w2, w2)
-        exp_inplace(w2)  # NumPy's float32 exp, as the reference kernel
-        _normalise(w2)
-
-
-@kernel
 def _scale_mask(a, m, slopes, scale, y):
     """y[i3, i2, i1, :] = a*scale + slope[i2] * m[i3 % M3, i2 % M2, i1, :] (m may be None-shaped (1,1,1,0))."""
     n3, n2, n1, n0 = a.shape
@@ -119,6 +81,48 @@ def _scale_mask(a, m, slopes, scale, y):
                 y[i3, i2, i1, i0] = a[i3, i2, i1, i0] * scale
 
 
+@helper
+def sum64(v):
+    """The double sum of a float32 row in four interleaved partial sums (one serial chain of double adds was
+    latency-bound): another order than the reference's pairwise sum, the same value to ~1e-16."""
+    s0 = s1 = s2 = s3 = F64(0.0)
+    n4 = v.shape[0] // 4 * 4
+    for i in range(0, n4, 4):
+        s0 += F64(v[i])
+        s1 += F64(v[i + 1])
+        s2 += F64(v[i + 2])
+        s3 += F64(v[i + 3])
+    for i in range(n4, v.shape[0]):
+        s0 += F64(v[i])
+    return (s0 + s1) + (s2 + s3)
+
+
+@kernel
+def _softmax_exact(a, m, slopes, scale, y):
+    """Exact numerics in one pass per row: y = a*scale + slope*mask, its max, exp32(y - max) (within 1.3 ulp of
+    NumPy's exp), times float32(1/double sum). Four passes over the whole tensor before (the exponentials by
+    NumPy's exp on the pool)."""
+    n3, n2, n1, n0 = a.shape
+    m3, m2 = m.shape[0], m.shape[1]
+    has_mask = m.shape[3] > 0
+    for r in numba.prange(n3 * n2 * n1):
+        i3, i2, i1 = row_of(r, n2, n1)
+        ar, yr = a[i3, i2, i1], y[i3, i2, i1]
+        if ar.ctypes.data != yr.ctypes.data:  # then y alone: a loop reading a into y runs scalar in place
+            yr[:] = ar
+        if has_mask:
+            mr, sl = m[i3 % m3, i2 % m2, i1], slopes[i2]
+            for i in range(n0):
+                yr[i] = yr[i] * scale + sl * F32(mr[i])
+        else:
+            for i in range(n0):
+                yr[i] = yr[i] * scale
+        mx = row_max(yr)
+        for i in range(n0):
+            yr[i] = exp32(yr[i] - mx)
+        scale_row(yr, sum64(yr))
+
+
 @registry.get("soft_max_ext").fast_kernel
 def soft_max_ext_fast(dst, out, a, mask, scale=1.0, max_bias=0.0):
     if not is_f32(a, dst) or not dst.flags.c_contiguous:
@@ -130,5 +134,8 @@ def soft_max_ext_fast(dst, out, a, mask, scale=1.0, max_bias=0.0):
         if m.dtype != F32:
             m = m.astype(F32)
     slopes = alibi_slopes(a.shape[1], max_bias).astype(F32)
+    if not ggml_numerics():
+        _softmax_exact(a, m, slopes, F32(scale), dst)
+        return None
     _scale_mask(a, m, slopes, F32(scale), dst)
-    softmax_rows_inplace(dst.reshape(-1, dst.shape[-1]))
+    _softmax_ggml(dst.reshape(-1, dst.shape[-1]), dst.reshape(-1, dst.shape[-1]))
