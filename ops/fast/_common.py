@@ -20,9 +20,12 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 F32 = np.float32
 F64 = np.float64
 
-# every kernel: multithreaded, cached on disk, IEEE semantics (no reassociation, no contraction into fma)
-kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True)
-helper = numba.njit(cache=True, fastmath=False, inline="always")
+# every kernel: multithreaded, cached on disk, IEEE semantics (no reassociation, no contraction into fma), and
+# NumPy's division semantics (x/0 is inf or nan, as in the reference): Numba's default Python model checks every
+# divisor for zero to raise ZeroDivisionError, and that branch kept loops with a division from vectorising
+# (x / (1 + exp32(-x)) ran at 9.4 ns per element instead of 1.3)
+kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True, error_model="numpy")
+helper = numba.njit(cache=True, fastmath=False, inline="always", error_model="numpy")
 
 _X = float.fromhex
 _SHIFT = F32(_X("0x1.8p23"))

@@ -28,12 +28,12 @@ from npggml.ops.fast._common import F32, F64, kernel, row_of
 
 INV_SQRT2 = F64(0.70710678118654752440)
 MARGIN_LO, MARGIN_HI = F64(1.0 - 1e-10), F64(1.0 + 1e-10)
-serial = numba.njit(cache=True, nogil=True, fastmath=False)
+serial = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 # fma contraction only (no reassociation): each chain step becomes one fma; the result moves by ~1e-16 relative,
 # far inside the 1e-10 margin below
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+@numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def gelu_erf_row(x, y, flag):
     """y[i] = 0.5 x (1 + float32(erf(x[i] / sqrt 2))) where that erf is certain; elsewhere flag[i] = 1 and y[i]
     keeps x[i] for `_fix`."""

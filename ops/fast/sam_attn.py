@@ -103,10 +103,10 @@ def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
     return ref("mul_mat", _standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
 
 
-serial = numba.njit(cache=True, nogil=True, fastmath=False)
+serial = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 # The reference-mode passes may contract a*b + c into an fma (the exp polynomial runs ~30 % faster): both passes
 # form the biased scores the same way, so the max is the max of exactly what the exp pass exponentiates.
-serial_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"})
+serial_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 
 
 # The scores of one block are held key-major, sT[key, query] (the product k @ q_block^T), so every pass below is
