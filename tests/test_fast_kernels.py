@@ -175,7 +175,8 @@ def test_run_split_covers_every_index_once(n, min_chunk):
 
 
 @pytest.mark.parametrize("numerics_name", ["exact", "ggml"])
-@pytest.mark.parametrize("op", ["gelu_quick", "gelu_erf", "gelu", "silu", "soft_max_ext", "soft_max_ext+mask"])
+@pytest.mark.parametrize("op", ["gelu_quick", "gelu_erf", "gelu", "silu", "soft_max_ext", "soft_max_ext+mask",
+                                "swiglu_split", "swiglu_split+gate"])
 def test_in_place_equals_out_of_place(op, numerics_name):
     """The graph allocator runs these ops in place (dst is the source's buffer); the kernels take another loop
     there (one array, so that it vectorises) which must give the same bits."""
@@ -189,9 +190,16 @@ def test_in_place_equals_out_of_place(op, numerics_name):
         mask = (rng.standard_normal((1, 1, 40, 131)) * 2).astype(np.float32) if extra else None
         args = (mask, 0.125, 0.0)
     d = registry.get(name)
+    gate = (rng.standard_normal(x.shape) * 2).astype(np.float32)
     with numerics(numerics_name), np.errstate(all="ignore"):
         out = np.empty_like(x)
-        assert d.fast(out, None, x, *args) is None
-        same = x.copy()
-        assert d.fast(same, None, same, *args) is None
+        if name == "swiglu_split":  # in place over x, or over the gate with "+gate"
+            assert d.fast(out, None, x, gate) is None
+            same = (gate if extra else x).copy()
+            srcs = (x, same) if extra else (same, gate)
+            assert d.fast(same, None, *srcs) is None
+        else:
+            assert d.fast(out, None, x, *args) is None
+            same = x.copy()
+            assert d.fast(same, None, same, *args) is None
     np.testing.assert_array_equal(same, out)

@@ -98,6 +98,29 @@ def _gelu_quick_exp32(x, y):
                 yr[i] = v * (_ONE / (_ONE + exp32(GELU_QUICK_COEF * v)))
 
 
+@kernel
+def _swiglu_exp32(x, g, y):
+    """SWIGLU under exact numerics: x / (1 + exp32(-x)) * g (libm's scalar expf kept the loop scalar). A row of y
+    that is its row of x or of g (in place) is read from y itself, so that every loop runs on distinct arrays
+    and vectorises."""
+    n3, n2, n1, n0 = x.shape
+    for r in numba.prange(n3 * n2 * n1):
+        i3, i2, i1 = row_of(r, n2, n1)
+        xr, gr, yr = x[i3, i2, i1], g[i3, i2, i1], y[i3, i2, i1]
+        if xr.ctypes.data == yr.ctypes.data:
+            for i in range(n0):
+                v = yr[i]
+                yr[i] = v / (_ONE + exp32(-v)) * gr[i]
+        elif gr.ctypes.data == yr.ctypes.data:
+            for i in range(n0):
+                v = xr[i]
+                yr[i] = v / (_ONE + exp32(-v)) * yr[i]
+        else:
+            for i in range(n0):
+                v = xr[i]
+                yr[i] = v / (_ONE + exp32(-v)) * gr[i]
+
+
 def _kind(name: str) -> tuple[int, np.ndarray]:
     ggml = ggml_numerics()
     if name == "gelu":
@@ -131,13 +154,20 @@ for _name in ("gelu", "gelu_erf", "gelu_quick", "silu"):
     _make_unary(_name)
 
 
+def _glu_into(dst, x, g, act_name: str) -> None:
+    kind, table = _kind(act_name)
+    if kind == SILU:
+        _swiglu_exp32(x, g, dst)
+    else:
+        _glu(x, x.view(np.uint32), g, kind, table, dst)
+
+
 def _make_glu(name: str, act_name: str):
     @registry.get(f"{name}_split").fast_kernel
     def split_fast(dst, out, a, b):
         if not is_f32(a, b, dst):
             return NotImplemented
-        kind, table = _kind(act_name)
-        _glu(a, a.view(np.uint32), b, kind, table, dst)
+        _glu_into(dst, a, b, act_name)
 
     @registry.get(name).fast_kernel
     def fused_fast(dst, out, a, swapped=False):
@@ -145,8 +175,7 @@ def _make_glu(name: str, act_name: str):
             return NotImplemented
         n = a.shape[-1] // 2
         x, g = (a[..., n:], a[..., :n]) if swapped else (a[..., :n], a[..., n:])
-        kind, table = _kind(act_name)
-        _glu(x, x.view(np.uint32), g, kind, table, dst)
+        _glu_into(dst, x, g, act_name)
 
     return split_fast, fused_fast
 
