@@ -1,9 +1,11 @@
 """`npggml bench`: time a page encode against NumPy's sgemm in the same process.
 
-Reports the sgemm rate (4096^3 float32 `np.matmul`, best of 3, NumPy's own BLAS threading), Numba compile time
-(compile events during a warm-up encode; a second process loads the kernels from the on-disk cache and reports
-about 0 with no cache misses), the median encode time over `--repeat` runs, the graph's FLOPs (from the ops'
-`flops` functions), the achieved rate and its ratio to sgemm, a per-op breakdown and the peak RSS.
+Reports Numba compile time (compile events during a warm-up encode; a second process loads the kernels from the
+on-disk cache and reports about 0 with no cache misses), the median encode time over `--repeat` runs, the sgemm
+rate measured just before each of them (4096^3 float32 `np.matmul`, best of 3, NumPy's own BLAS threading; the
+median is the run's `sgemm_gflops`: on a shared host the machine's speed drifts within minutes), the graph's FLOPs
+(from the ops' `flops` functions), the achieved rate and its ratio to that sgemm rate, a per-op breakdown (of the
+last run) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -105,7 +107,6 @@ def run(args) -> int:
 
     if args.repeat < 1:
         raise SystemExit("npggml: error: --repeat must be >= 1")
-    sgemm = sgemm_gflops()
     enc = open_encoder(args)
     views = enc.preprocess(args.image, no_tiles=args.no_tiles)
 
@@ -126,13 +127,15 @@ def run(args) -> int:
             if depth == 0:
                 compile_s += ts - starts[0]
 
-    runs, computes, result = [], [], None
+    sgemms, runs, computes, result = [], [], [], None
     for _ in range(args.repeat):
+        sgemms.append(sgemm_gflops())  # the machine's rate just before this encode (a shared host drifts)
         t0 = time.perf_counter()
         result = enc.encode(args.image, views=views)
         runs.append(time.perf_counter() - t0)
         computes.append(result.timings["compute"])
     seconds = statistics.median(runs)
+    sgemm = statistics.median(sgemms)
     flops, per_op = breakdown(result.interpreter)
     gflops = flops / seconds / 1e9
     report = {
@@ -149,6 +152,7 @@ def run(args) -> int:
                     "blas_default": _blas._default_threads or _blas.get_threads()},
         "malloc_retained": retained(),
         "sgemm_gflops": round(sgemm, 2),
+        "sgemm_runs": [round(g, 2) for g in sgemms],
         "compile_seconds": round(compile_s, 3),
         "warmup_seconds": round(warmup, 3),
         "numba_cache": cache_stats(),
@@ -168,7 +172,7 @@ def run(args) -> int:
         return 0
     grid = "x".join(map(str, views.grid)) if views.grid else "none"
     print(f"{args.image} ({args.mode}, grid {grid}, {report['n_nodes']} nodes, fast={enc.fast}, fuse={enc.fuse})")
-    print(f"sgemm 4096^3      {sgemm:8.1f} GFLOP/s")
+    print(f"sgemm 4096^3      {sgemm:8.1f} GFLOP/s  (median; before each run {report['sgemm_runs']})")
     print(f"numba compile     {compile_s:8.2f} s  (warm-up encode {warmup:.2f} s; cache hits "
           f"{report['numba_cache']['cache_hits']}, misses {report['numba_cache']['cache_misses']})")
     print(f"encode (median)   {seconds:8.3f} s  over {args.repeat} runs {report['encode_runs']}")
