@@ -37,8 +37,7 @@ from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
 BLOCK_ELEMENTS = 1 << 21  # scores per block (8 MiB of float32): 512 query rows of 4096 keys
-SMALL_HEAD = 1 << 16
-P_CUT = F32(-44.0)  # heads of at most this many scores (a 196 x 196 window) go in batches of whole heads
+SMALL_HEAD = 1 << 16  # heads of at most this many scores (a 196 x 196 window) go in batches of whole heads
 
 
 def _flops(n) -> float:
@@ -146,9 +145,7 @@ def _exp_cols(sT, rwT, rhT, scale, colmax, acc):
             row = sT[kh * W + kw]
             wr = rwT[kw]
             for c in range(qb):
-                t = row[c] * scale + (wr[c] + hr[c]) - colmax[c]
-                e = exp32(t)
-                row[c] = e if t > P_CUT else F32(0.0)
+                row[c] = exp32(row[c] * scale + (wr[c] + hr[c]) - colmax[c])
             np.add(acc, row, acc)
 
 
