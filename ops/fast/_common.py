@@ -81,6 +81,16 @@ def exp32(x):
 
 
 @helper
+def onto(src, dst):
+    """dst = src unless they are the same memory, so that a kernel can go on reading and writing dst alone: LLVM
+    vectorises a two-array loop only after checking that the arrays do not overlap, and for the same array twice
+    (a node computed in place) that check sends it to the scalar loop (GELU_QUICK: 5.5 instead of ~1 ns per
+    element)."""
+    if src.ctypes.data != dst.ctypes.data:
+        dst[:] = src
+
+
+@helper
 def row_of(r, n2, n1):
     """Row r of a 4-D array's n3*n2*n1 rows (the prange index of the row kernels) -> (i3, i2, i1)."""
     return r // (n2 * n1), (r // n1) % n2, r % n1

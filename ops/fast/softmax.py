@@ -12,7 +12,19 @@ import numpy as np
 
 from npggml.ops import registry
 from npggml.ops.attention import alibi_slopes
-from npggml.ops.fast._common import F32, F64, POW2, exp32, helper, is_f32, kernel, reduce_add16, row_of, v_expf
+from npggml.ops.fast._common import (
+    F32,
+    F64,
+    POW2,
+    exp32,
+    helper,
+    is_f32,
+    kernel,
+    onto,
+    reduce_add16,
+    row_of,
+    v_expf,
+)
 from npggml.ops.registry import ggml_numerics
 
 NEG_INF = F32(-np.inf)
@@ -64,21 +76,16 @@ def _softmax_ggml(w, y):
         scale_row(y[r], s)
 
 
-@kernel
-def _scale_mask(a, m, slopes, scale, y):
-    """y[i3, i2, i1, :] = a*scale + slope[i2] * m[i3 % M3, i2 % M2, i1, :] (m may be None-shaped (1,1,1,0))."""
-    n3, n2, n1, n0 = a.shape
-    m3, m2 = m.shape[0], m.shape[1]
-    has_mask = m.shape[3] > 0
-    for r in numba.prange(n3 * n2 * n1):
-        i3, i2, i1 = row_of(r, n2, n1)
-        sl = slopes[i2]
-        if has_mask:
-            for i0 in range(n0):
-                y[i3, i2, i1, i0] = a[i3, i2, i1, i0] * scale + sl * F32(m[i3 % m3, i2 % m2, i1, i0])
-        else:
-            for i0 in range(n0):
-                y[i3, i2, i1, i0] = a[i3, i2, i1, i0] * scale
+@helper
+def scaled_row(ar, yr, mr, sl, scale, has_mask):
+    """yr = ar*scale + sl*mask row (the input of soft_max_ext's softmax), formed in yr."""
+    onto(ar, yr)
+    if has_mask:
+        for i in range(yr.shape[0]):
+            yr[i] = yr[i] * scale + sl * F32(mr[i])
+    else:
+        for i in range(yr.shape[0]):
+            yr[i] = yr[i] * scale
 
 
 @helper
@@ -98,29 +105,26 @@ def sum64(v):
 
 
 @kernel
-def _softmax_exact(a, m, slopes, scale, y):
-    """Exact numerics in one pass per row: y = a*scale + slope*mask, its max, exp32(y - max) (within 1.3 ulp of
-    NumPy's exp), times float32(1/double sum). Four passes over the whole tensor before (the exponentials by
-    NumPy's exp on the pool)."""
+def _soft_max(a, m, slopes, scale, y, ggml):
+    """soft_max_ext in one pass per row: y = a*scale + slope*mask (m may be None-shaped (1,1,1,0), broadcast
+    over dims 2/3 by modulo), its max, then under ggml numerics `exp_sum_ggml`, else `exp32` (within 1.3 ulp of
+    NumPy's exp, which is scalar on AVX2 machines) with `sum64`; times float32(1/double sum)."""
     n3, n2, n1, n0 = a.shape
     m3, m2 = m.shape[0], m.shape[1]
     has_mask = m.shape[3] > 0
     for r in numba.prange(n3 * n2 * n1):
         i3, i2, i1 = row_of(r, n2, n1)
-        ar, yr = a[i3, i2, i1], y[i3, i2, i1]
-        if ar.ctypes.data != yr.ctypes.data:  # then y alone: a loop reading a into y runs scalar in place
-            yr[:] = ar
-        if has_mask:
-            mr, sl = m[i3 % m3, i2 % m2, i1], slopes[i2]
-            for i in range(n0):
-                yr[i] = yr[i] * scale + sl * F32(mr[i])
+        yr = y[i3, i2, i1]
+        mr = m[i3 % m3, i2 % m2, i1] if has_mask else m[0, 0, 0]
+        scaled_row(a[i3, i2, i1], yr, mr, slopes[i2], scale, has_mask)
+        mx = row_max(yr)
+        if ggml:
+            s = exp_sum_ggml(yr, mx, yr, POW2, np.empty(16, F32))
         else:
             for i in range(n0):
-                yr[i] = yr[i] * scale
-        mx = row_max(yr)
-        for i in range(n0):
-            yr[i] = exp32(yr[i] - mx)
-        scale_row(yr, sum64(yr))
+                yr[i] = exp32(yr[i] - mx)
+            s = sum64(yr)
+        scale_row(yr, s)
 
 
 @registry.get("soft_max_ext").fast_kernel
@@ -134,8 +138,4 @@ def soft_max_ext_fast(dst, out, a, mask, scale=1.0, max_bias=0.0):
         if m.dtype != F32:
             m = m.astype(F32)
     slopes = alibi_slopes(a.shape[1], max_bias).astype(F32)
-    if not ggml_numerics():
-        _softmax_exact(a, m, slopes, F32(scale), dst)
-        return None
-    _scale_mask(a, m, slopes, F32(scale), dst)
-    _softmax_ggml(dst.reshape(-1, dst.shape[-1]), dst.reshape(-1, dst.shape[-1]))
+    _soft_max(a, m, slopes, F32(scale), dst, ggml_numerics())

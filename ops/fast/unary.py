@@ -11,7 +11,20 @@ import numpy as np
 
 from npggml.ops import registry
 from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_INV, SQRT_2_OVER_PI, _f16_table
-from npggml.ops.fast._common import F32, F64, POW2, exp32, f16_bits, fma32, helper, is_f32, kernel, row_of, v_expf
+from npggml.ops.fast._common import (
+    F32,
+    F64,
+    POW2,
+    exp32,
+    f16_bits,
+    fma32,
+    helper,
+    is_f32,
+    kernel,
+    onto,
+    row_of,
+    v_expf,
+)
 from npggml.ops.fast._erf import gelu_erf_exact
 from npggml.ops.registry import ggml_numerics
 
@@ -80,44 +93,33 @@ def _glu(x, xu, g, kind, table, y):
 @kernel
 def _gelu_quick_exp32(x, y):
     """GELU_QUICK under exact numerics with `exp32` (within 1.3 ulp of exp) instead of libm's expf: the same
-    formula, vectorised along each row (libm's scalar expf kept the loop scalar: 4.5 ns per element, now ~1).
-    In place (a row of y is its row of x) the loop reads and writes one array: with two, LLVM's overlap check
-    sends it to the scalar loop (5.5 ns per element)."""
+    formula, vectorised along each row (libm's scalar expf kept the loop scalar: 4.5 ns per element, now ~1)."""
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
         i3, i2, i1 = row_of(r, n2, n1)
         yr = y[i3, i2, i1]
-        if x[i3, i2, i1].ctypes.data == yr.ctypes.data:
-            for i in range(n0):
-                v = yr[i]
-                yr[i] = v * (_ONE / (_ONE + exp32(GELU_QUICK_COEF * v)))
-        else:
-            xr = x[i3, i2, i1]
-            for i in range(n0):
-                v = xr[i]
-                yr[i] = v * (_ONE / (_ONE + exp32(GELU_QUICK_COEF * v)))
+        onto(x[i3, i2, i1], yr)
+        for i in range(n0):
+            v = yr[i]
+            yr[i] = v * (_ONE / (_ONE + exp32(GELU_QUICK_COEF * v)))
 
 
 @kernel
 def _swiglu_exp32(x, g, y):
-    """SWIGLU under exact numerics: x / (1 + exp32(-x)) * g (libm's scalar expf kept the loop scalar). A row of y
-    that is its row of x or of g (in place) is read from y itself, so that every loop runs on distinct arrays
-    and vectorises."""
+    """SWIGLU under exact numerics: x / (1 + exp32(-x)) * g (libm's scalar expf kept the loop scalar), on two
+    distinct arrays in every case (see `onto`): y and x, or y (holding the gate, in place over it) and x."""
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
         i3, i2, i1 = row_of(r, n2, n1)
         xr, gr, yr = x[i3, i2, i1], g[i3, i2, i1], y[i3, i2, i1]
-        if xr.ctypes.data == yr.ctypes.data:
-            for i in range(n0):
-                v = yr[i]
-                yr[i] = v / (_ONE + exp32(-v)) * gr[i]
-        elif gr.ctypes.data == yr.ctypes.data:
+        if gr.ctypes.data == yr.ctypes.data:
             for i in range(n0):
                 v = xr[i]
                 yr[i] = v / (_ONE + exp32(-v)) * yr[i]
         else:
+            onto(xr, yr)
             for i in range(n0):
-                v = xr[i]
+                v = yr[i]
                 yr[i] = v / (_ONE + exp32(-v)) * gr[i]
 
 
