@@ -128,24 +128,25 @@ def test_exp32_accuracy_and_special_values():
     np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
 
 
-def test_sam_rel_attn_block_path(monkeypatch):
-    """The strategy's heads are small (batched whole-head path); the same cases through the per-block path that
-    large heads take (several query blocks per head) must agree with the reference as well."""
+def test_sam_rel_attn_task_paths(monkeypatch):
+    """With the task size cut to 24 scores the strategy's cases take both of the fast kernel's task shapes
+    (several whole heads a task, one head in several blocks of query rows) and must agree with the reference."""
     from npggml.ops.fast import sam_attn
 
-    monkeypatch.setattr(sam_attn, "SMALL_HEAD", 0)
     monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
-    ran = []
+    seen = set()
 
-    @settings(max_examples=25)
+    @settings(max_examples=40)
     @given(STRATEGIES["sam_rel_attn"]())
     def check(case):
         node, used_fast = _check_case("sam_rel_attn", "exact", case)
         if used_fast:
-            ran.append(sam_attn.blocks(node.ne[1], node.srcs[1].ne[1]) < node.ne[1])
+            n_heads, nq, nk = node.ne[2] * node.ne[3], node.ne[1], node.srcs[1].ne[1]
+            g, qb = sam_attn.plan(n_heads, nq, nk)
+            seen.add("head groups" if 1 < g < n_heads else "query blocks" if qb < nq else "other")
 
     check()
-    assert any(ran), "no case made more than one query block"
+    assert {"head groups", "query blocks"} <= seen, seen
 
 
 @settings(max_examples=60, deadline=None)

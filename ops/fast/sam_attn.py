@@ -10,16 +10,17 @@ the fly to one block of query rows of a few heads at a time.
 Sources (ggml order): q `[D, Nq, H, B]`, k `[D, Nk, H, B]`, v `[Nk, D, H, B]` (the operands of the two
 mul_mats), rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw). Result
 `[D, Nq, H, B]` F32: exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel runs the
-replaced nodes' reference kernels in graph order (same bits as the unfused graph). The fast kernel hands
-blocks of (head, 512 query rows) to the BLAS pool threads; each thread computes its block's scores key-major
-with one single-threaded sgemm (`k @ q_block^T`), then two Numba passes that run across the block's queries: the
-max of the scaled and biased scores (read only), then their exponentials in place with each query's double sum
-(keys in order; `exp32`, within 1.3 ulp of exp), multiplies by v with a second sgemm straight into the result and
-scales each 64-wide output row by 1/sum (the reference normalises the probabilities before the product: the same
-value to float32 rounding). Memory: one 8 MiB block per thread. Small heads (14x14 windows) go in chunks of
-whole heads instead (`_small_heads`). Under ggml numerics it goes head by head through the mul_mat kernels
-themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they reproduce (one
-head's scores).
+replaced nodes' reference kernels in graph order (same bits as the unfused graph). The fast kernel cuts the work
+into tasks of about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's block of 128 query rows at the
+1024 global view, 13 whole 14x14-window heads in the windowed layers. The BLAS pool's threads take tasks; each
+computes its scores key-major with one single-threaded sgemm (`k @ q_block^T`, batched over the task's heads),
+then two Numba passes that run across the queries: the max of the scaled and biased scores (read only), then
+their exponentials in place with each query's double sum (keys in order; `exp32`, within 1.3 ulp of exp),
+multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and
+writes each query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before
+the product: the same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it
+goes head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces
+whatever ggml kernel they reproduce (one head's scores).
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ from npggml.ops.fast._common import F32, F64, exp32, is_f32, kernel
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
-BLOCK_ELEMENTS = 1 << 21  # scores per block (8 MiB of float32): 512 query rows of 4096 keys
-SMALL_HEAD = 1 << 16  # heads of at most this many scores (a 196 x 196 window) go in batches of whole heads
+BLOCK_ELEMENTS = 1 << 19  # scores per task (2 MiB of float32): 128 query rows of 4096 keys, or 13 196x196 heads
 
 
 def _flops(n) -> float:
@@ -149,47 +149,23 @@ def _exp_cols(sT, rwT, rhT, scale, colmax, acc):
             np.add(acc, row, acc)
 
 
-@serial
-def _scale_rows(res, acc):
-    """Each query's output row times float(1/sum): the normalisation after the product instead of before."""
-    for c in range(res.shape[0]):
-        inv = F32(1.0 / acc[c])
-        row = res[c]
-        for d in range(row.shape[0]):
-            row[d] = row[d] * inv
-
-
-@kernel
-def _softmax_heads(S, rwT, rhT, scale, acc):
-    """`_max_cols` then `_exp_cols` on each head's whole key-major score matrix S[j], heads in parallel."""
-    for j in numba.prange(S.shape[0]):
-        colmax = np.empty(S.shape[2], F32)
+@serial_fma
+def _softmax_cols(S, rwT, rhT, scale, colmax, acc):
+    """`_max_cols` then `_exp_cols` on each head's key-major scores S[j] (a task's heads, one after the other)."""
+    for j in range(S.shape[0]):
         _max_cols(S[j], rwT[j], rhT[j], scale, colmax)
         _exp_cols(S[j], rwT[j], rhT[j], scale, colmax, acc[j])
 
 
-@kernel
-def _scale_heads(res, acc):
-    for j in numba.prange(res.shape[0]):
-        _scale_rows(res[j], acc[j])
-
-
-def _small_heads(q3, k3, v3, rwT, rhT, scale, res) -> None:
-    """Many small heads (SAM's 14x14 windows: 300 heads of 196 x 196 per global-view layer): chunks of whole
-    heads, each chunk's scores in one batched product, both softmax passes in one parallel kernel, the second
-    product batched too. Per-head tasks spent more time being dispatched than computing."""
-    J, Nq, _ = q3.shape
-    Nk = k3.shape[1]
-    chunk = max(1, min(J, 2 * BLOCK_ELEMENTS // (Nq * Nk)))
-    buf = np.empty(chunk * Nk * Nq, F32)
-    acc = np.empty((J, Nq), F64)
-    for h0 in range(0, J, chunk):
-        h1 = min(h0 + chunk, J)
-        S = buf[: (h1 - h0) * Nk * Nq].reshape(h1 - h0, Nk, Nq)
-        _blas.batched(k3[h0:h1], q3[h0:h1].transpose(0, 2, 1), S)  # mul_mat(k, q), key-major
-        _softmax_heads(S, rwT[h0:h1], rhT[h0:h1], scale, acc[h0:h1])
-        _blas.batched(S.transpose(0, 2, 1), v3[h0:h1].transpose(0, 2, 1), res[h0:h1])
-        _scale_heads(res[h0:h1], acc[h0:h1])
+@serial
+def _normalise(R, acc, res):
+    """res[j, c, :] = R[j, :, c] * float(1/sum) per query c: the product came out as (v @ S), head-dim-major, and
+    is normalised after the product instead of before."""
+    for j in range(R.shape[0]):
+        for c in range(R.shape[2]):
+            inv = F32(1.0 / acc[j, c])
+            for d in range(R.shape[1]):
+                res[j, c, d] = R[j, d, c] * inv
 
 
 def _mul_mat(node: Tensor, a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> None:
@@ -241,6 +217,14 @@ def blocks(nq: int, nk: int) -> int:
     return -(-nq // n_blocks)
 
 
+def plan(n_heads: int, nq: int, nk: int) -> tuple[int, int]:
+    """(heads, query rows) per task: a head whose scores fit in a block goes whole, with as many other heads
+    as fit (SAM's 196 x 196 windows: 13 a task); a larger head goes alone, in blocks of query rows."""
+    if nq * nk <= BLOCK_ELEMENTS:
+        return max(1, min(n_heads, BLOCK_ELEMENTS // max(nq * nk, 1))), nq
+    return 1, blocks(nq, nk)
+
+
 @sam_rel_attn.fast_kernel
 def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     if not is_f32(q, k, v, dst) or not dst.flags.c_contiguous:
@@ -255,30 +239,30 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     rhT = np.ascontiguousarray(rh.transpose(0, 2, 1))  # (BH, Hh, Nq)
     res = dst.reshape(B * H, Nq, D)
     sc = F32(scale)
-    if Nq * Nk <= SMALL_HEAD:
-        _small_heads(q3, k3, v3, rwT, rhT, sc, res)
-        return None
-    qb = blocks(Nq, Nk)
-    tasks = [(j, i0, min(i0 + qb, Nq)) for j in range(B * H) for i0 in range(0, Nq, qb)]
+    J = B * H
+    g, qb = plan(J, Nq, Nk)
+    tasks = [(h0, min(h0 + g, J), i0, min(i0 + qb, Nq)) for h0 in range(0, J, g) for i0 in range(0, Nq, qb)]
     _blas.use_own_threads()
-
-    scratch = {}  # per thread: one block of scores, its column maxima and sums
+    scratch = {}  # per thread: a task's scores, their column maxima and sums, the product with v
 
     def work(lo, hi):
-        """A chunk of blocks of (head, query rows), each on its own: scores -> softmax -> times v."""
+        """A chunk of tasks, each on its own: scores -> softmax -> times v -> normalised into the result."""
         tid = threading.get_ident()
         if tid not in scratch:
-            scratch[tid] = np.empty(qb * Nk, F32), np.empty(qb, F32), np.empty(qb, F64)
-        buf, colmax, acc = scratch[tid]
-        for j, i0, i1 in tasks[lo:hi]:
-            n = i1 - i0
-            sT = buf[: Nk * n].reshape(Nk, n)
-            np.matmul(k3[j], q3[j, i0:i1].T, out=sT)  # mul_mat(k, q), key-major
+            scratch[tid] = (np.empty(g * Nk * qb, F32), np.empty(qb, F32), np.empty(g * qb, F64),
+                            np.empty(g * D * qb, F32))
+        s_buf, colmax, acc_buf, r_buf = scratch[tid]
+        for h0, h1, i0, i1 in tasks[lo:hi]:
+            m, n = h1 - h0, i1 - i0
+            S = s_buf[: m * Nk * n].reshape(m, Nk, n)
+            np.matmul(k3[h0:h1], q3[h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # mul_mat(k, q), key-major
             # contiguous copies of the block's bias rows: Numba compiles strided ('A') arrays unvectorised
-            rw_b, rh_b = np.ascontiguousarray(rwT[j, :, i0:i1]), np.ascontiguousarray(rhT[j, :, i0:i1])
-            _max_cols(sT, rw_b, rh_b, sc, colmax[:n])
-            _exp_cols(sT, rw_b, rh_b, sc, colmax[:n], acc[:n])
-            np.matmul(sT.T, v3[j].T, out=res[j, i0:i1])
-            _scale_rows(res[j, i0:i1], acc[:n])
+            rw_b = np.ascontiguousarray(rwT[h0:h1, :, i0:i1])
+            rh_b = np.ascontiguousarray(rhT[h0:h1, :, i0:i1])
+            acc = acc_buf[: m * n].reshape(m, n)
+            _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc)
+            R = r_buf[: m * D * n].reshape(m, D, n)
+            np.matmul(v3[h0:h1], S, out=R)
+            _normalise(R, acc, res[h0:h1, i0:i1])
 
     _blas.run_split(work, len(tasks))
