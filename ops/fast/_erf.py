@@ -24,7 +24,7 @@ import math
 import numba
 import numpy as np
 
-from npggml.ops.fast._common import F32, F64, kernel, row_of
+from npggml.ops.fast._common import F32, F64, helper, kernel, row_of
 
 INV_SQRT2 = F64(0.70710678118654752440)
 MARGIN_LO, MARGIN_HI = F64(1.0 - 1e-10), F64(1.0 + 1e-10)
@@ -80,13 +80,26 @@ def gelu_erf_row(x, y, flag):
         flag[i] = np.uint8(unsure)
 
 
+@helper
+def _fix_one(y, i):
+    xi = y[i]
+    y[i] = F32(0.5) * xi * (F32(1.0) + F32(math.erf(F64(xi) * INV_SQRT2)))
+
+
 @serial
 def _fix(y, flag):
-    """The flagged elements (y still holds their x) with libm's erf."""
-    for i in range(y.shape[0]):
+    """The flagged elements (y still holds their x) with libm's erf. The flags are scanned eight at a time (one
+    uint64 word; ~0.2 % are set): a byte loop with a branch each cost ~1 ns per element, a third of the kernel."""
+    n8 = y.shape[0] // 8 * 8
+    words = flag[:n8].view(np.uint64)
+    for w in range(words.shape[0]):
+        if words[w]:
+            for i in range(8 * w, 8 * w + 8):
+                if flag[i]:
+                    _fix_one(y, i)
+    for i in range(n8, y.shape[0]):
         if flag[i]:
-            xi = y[i]
-            y[i] = F32(0.5) * xi * (F32(1.0) + F32(math.erf(F64(xi) * INV_SQRT2)))
+            _fix_one(y, i)
 
 
 @kernel
