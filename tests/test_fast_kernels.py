@@ -129,6 +129,31 @@ def test_exp32_accuracy_and_special_values():
     np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
 
 
+def test_v_expf_bitwise_with_reference():
+    """ggml's SIMD exp as the fast kernels inline it (no table, saturation by selects) gives the reference
+    emulation's bits on its whole range, at the saturation edges and for the special values."""
+    import numba
+
+    from npggml.ops._libm import v_expf as ref_v_expf
+    from npggml.ops.fast._common import v_expf
+
+    @numba.njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = v_expf(x[i])
+
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    edges = np.float32(np.log(2)) * np.array([-192, 192], np.float32)
+    x = np.concatenate([np.linspace(-140, 140, 1_000_001, dtype=np.float32), bits,
+                        np.concatenate([np.nextafter(edges, -np.inf), edges, np.nextafter(edges, np.inf)]),
+                        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3e38, -3e38], np.float32)])
+    out = np.empty_like(x)
+    run(x, out)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(out, ref_v_expf(x))
+
+
 def test_sam_rel_attn_task_paths(monkeypatch):
     """With the task size cut to 24 scores the strategy's cases take both of the fast kernel's task shapes
     (several whole heads a task, one head in several blocks of query rows) and must agree with the reference."""

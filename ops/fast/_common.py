@@ -35,8 +35,6 @@ _C5, _C4, _C3, _C2, _C1 = (F64(F32(_X(h))) for h in ("0x1.0e4020p-7", "0x1.573e2
                                                       "0x1.fffdb6p-2", "0x1.ffffecp-1"))
 _SHIFT64 = F64(_SHIFT)
 ONE64 = F64(1.0)
-# 2**n for n in [-192, 192], the range ggml_v_expf scales by
-POW2 = np.array([math.ldexp(1.0, n) for n in range(-192, 193)], dtype=F64)
 
 
 @intrinsic
@@ -45,6 +43,14 @@ def _i32_as_f32(typingctx, x):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _i64_as_f64(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
 
 
 @intrinsic
@@ -103,8 +109,10 @@ def fma32(a, b, c):
 
 
 @helper
-def v_expf(x, pow2):
-    """ggml_v_expf (AVX-512 flavour) on one float32, exactly as `npggml.ops._libm.v_expf` computes it."""
+def v_expf(x):
+    """ggml_v_expf (AVX-512 flavour) on one float32, exactly as `npggml.ops._libm.v_expf` computes it. Without
+    branches or a table (2**n from the exponent bits of a double, the saturations as selects), so that loops of
+    it vectorise."""
     z = F32(F64(x) * _LOG2E + _SHIFT64)
     n = F32(z - _SHIFT)
     nd = -F64(n)
@@ -115,13 +123,12 @@ def v_expf(x, pow2):
     p32 = F64(F32(_C3 * bd + _C2))
     p10 = F64(F32(_C1 * bd + ONE64))
     j = F32(F64(F32(p54 * u + p32)) * u + p10)
-    if n != n:
-        return F32(np.nan)
-    if n > 192.0:
-        return F32(np.inf)
-    if n < -192.0:
-        return F32(0.0)
-    return F32(F64(j) * pow2[int(n) + 192])
+    nc = n if n > F32(-192.0) else F32(-192.0)  # NaN -> -192: any in-range value, replaced below
+    nc = nc if nc < F32(192.0) else F32(192.0)
+    e = F32(F64(j) * _i64_as_f64((np.int64(np.int32(nc)) + 1023) << 52))  # via int32: AVX2 has no f64->i64
+    e = e if n >= F32(-192.0) else F32(0.0)
+    e = e if n <= F32(192.0) else F32(np.inf)
+    return e if n == n else F32(np.nan)
 
 
 @helper

@@ -15,7 +15,6 @@ from npggml.ops.attention import alibi_slopes
 from npggml.ops.fast._common import (
     F32,
     F64,
-    POW2,
     exp32,
     helper,
     is_f32,
@@ -40,14 +39,14 @@ def row_max(w):
 
 
 @helper
-def exp_sum_ggml(w, mx, y, pow2, tmp):
+def exp_sum_ggml(w, mx, y, tmp):
     """y = exp(w - mx) as ggml_vec_soft_max_f32; returns the double sum (16-blocks reduced in float32)."""
     n = w.shape[0]
     nb = n // 16 * 16
     s = F64(0.0)
     for b in range(0, nb, 16):
         for l in range(16):  # into tmp first: with y aliasing w (in place) the fused loop ran 2x slower
-            tmp[l] = v_expf(F32(w[b + l] - mx), pow2)
+            tmp[l] = v_expf(F32(w[b + l] - mx))
         for l in range(16):
             y[b + l] = tmp[l]
         s += F64(reduce_add16(tmp))
@@ -72,7 +71,7 @@ def _softmax_ggml(w, y):
     for r in numba.prange(n_rows):
         tmp = np.empty(16, F32)
         mx = row_max(w[r])
-        s = exp_sum_ggml(w[r], mx, y[r], POW2, tmp)
+        s = exp_sum_ggml(w[r], mx, y[r], tmp)
         scale_row(y[r], s)
 
 
@@ -119,7 +118,7 @@ def _soft_max(a, m, slopes, scale, y, ggml):
         scaled_row(a[i3, i2, i1], yr, mr, slopes[i2], scale, has_mask)
         mx = row_max(yr)
         if ggml:
-            s = exp_sum_ggml(yr, mx, yr, POW2, np.empty(16, F32))
+            s = exp_sum_ggml(yr, mx, yr, np.empty(16, F32))
         else:
             for i in range(n0):
                 yr[i] = exp32(yr[i] - mx)

@@ -14,7 +14,6 @@ from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_INV, SQR
 from npggml.ops.fast._common import (
     F32,
     F64,
-    POW2,
     exp32,
     f16_bits,
     fma32,
@@ -42,7 +41,7 @@ _EMPTY = np.zeros(1, F32)
 
 
 @helper
-def act(x, u, kind, table, pow2):
+def act(x, u, kind, table):
     """One activation of the float32 x (u: its bit pattern, used by the table lookups)."""
     if kind == GELU_TABLE:
         if x <= -_TEN:
@@ -62,7 +61,7 @@ def act(x, u, kind, table, pow2):
     if kind == GELU_QUICK:
         return x * (_ONE / (_ONE + F32(math.exp(GELU_QUICK_COEF * x))))
     if kind == SILU_SIMD:  # the 16-wide SIMD body of ggml_vec_silu_f32: ggml's exp
-        return x / (_ONE + v_expf(F32(0.0) - x, pow2))
+        return x / (_ONE + v_expf(F32(0.0) - x))
     # SILU (and the scalar tail of ggml's rows): glibc expf
     return x / (_ONE + F32(math.exp(-x)))
 
@@ -75,7 +74,7 @@ def _unary(x, xu, kind, table, y):
         nb = n0 // 16 * 16 if kind == SILU_SIMD else 0
         for i in range(n0):
             k = kind if i < nb or kind != SILU_SIMD else SILU
-            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], k, table, POW2)
+            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], k, table)
 
 
 @kernel
@@ -87,7 +86,7 @@ def _glu(x, xu, g, kind, table, y):
         nb = n0 // 16 * 16 if kind == SILU_SIMD else 0
         for i in range(n0):
             k = kind if i < nb or kind != SILU_SIMD else SILU
-            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], k, table, POW2) * g[i3, i2, i1, i]
+            y[i3, i2, i1, i] = act(x[i3, i2, i1, i], xu[i3, i2, i1, i], k, table) * g[i3, i2, i1, i]
 
 
 @kernel
