@@ -1,6 +1,11 @@
 """Op declarations: importing this package registers every op (see `npggml.ops.registry`)."""
 
-from npggml.ops import (  # noqa: F401
+from npggml.ops._cache import use_versioned_cache
+
+use_versioned_cache()  # before any cached kernel is declared (see `npggml.ops._cache`)
+
+# isort: split
+from npggml.ops import (  # noqa: F401,E402
     attention,
     conv,
     elementwise,
