@@ -46,6 +46,7 @@ def test_second_process_hits_the_versioned_cache(tmp_path):
     first = _probe(tmp_path)
     assert Path(first["dir"]) == tmp_path / sources_digest(OPS_DIR)
     assert first["misses"] >= 1
+    assert any(Path(first["dir"]).rglob("softmax._softmax_ggml-*.nbi"))  # written there, not next to the sources
     second = _probe(tmp_path)
     assert second["dir"] == first["dir"]
     assert second["misses"] == 0 and second["hits"] >= 1
