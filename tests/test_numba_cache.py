@@ -14,10 +14,10 @@ from npggml.ops._cache import OPS_DIR, sources_digest
 
 PROBE = """
 import json, numba, numpy as np
-from npggml.ops.fast.softmax import _softmax_ggml
-w = np.linspace(-3, 3, 64, dtype=np.float32).reshape(4, 16)
-_softmax_ggml(w, w)
-st = _softmax_ggml.stats
+from npggml.ops.fast._erf import gelu_erf_exact
+x = np.linspace(-3, 3, 64, dtype=np.float32).reshape(1, 1, 4, 16)
+gelu_erf_exact(x, np.empty_like(x))
+st = gelu_erf_exact.stats
 print(json.dumps({"dir": numba.config.CACHE_DIR, "hits": sum(st.cache_hits.values()),
                   "misses": sum(st.cache_misses.values())}))
 """
@@ -46,7 +46,7 @@ def test_second_process_hits_the_versioned_cache(tmp_path):
     first = _probe(tmp_path)
     assert Path(first["dir"]) == tmp_path / sources_digest(OPS_DIR)
     assert first["misses"] >= 1
-    assert any(Path(first["dir"]).rglob("softmax._softmax_ggml-*.nbi"))  # written there, not next to the sources
+    assert any(Path(first["dir"]).rglob("_erf.gelu_erf_exact-*.nbi"))  # written there, not next to the sources
     second = _probe(tmp_path)
     assert second["dir"] == first["dir"]
     assert second["misses"] == 0 and second["hits"] >= 1

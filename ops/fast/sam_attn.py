@@ -34,6 +34,7 @@ from npggml.graph.tensor import Tensor, packed_nb
 from npggml.ops import registry
 from npggml.ops.fast import _blas
 from npggml.ops.fast._common import F32, F64, exp32, is_f32, kernel
+from npggml.ops.fast.softmax import softmax_row_ggml
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
@@ -177,9 +178,10 @@ def _mul_mat(node: Tensor, a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> Non
 
 
 @kernel
-def _scale_add_bias(w, rw, rh, scale):
-    """w[q, kh*W + kw] = w*scale + (rel_w[q, kw] + rel_h[q, kh]): soft_max_ext's a*scale + 1*mask with the mask
-    add(repeat_4d(rel_w), rel_h), query rows in parallel."""
+def _bias_softmax_ggml(w, rw, rh, scale):
+    """Each query row of w in place: w[q, kh*W + kw] * scale + (rel_w[q, kw] + rel_h[q, kh]) (soft_max_ext's
+    a*scale + 1*mask with the mask add(repeat_4d(rel_w), rel_h)), then ggml's softmax of the row; rows in
+    parallel, one pass over the head's scores."""
     W, Hh = rw.shape[1], rh.shape[1]
     for q in numba.prange(w.shape[0]):
         row = w[q]
@@ -188,14 +190,13 @@ def _scale_add_bias(w, rw, rh, scale):
             h = rh[q, kh]
             for kw in range(W):
                 row[kh * W + kw] = row[kh * W + kw] * scale + (wr[kw] + h)
+        softmax_row_ggml(row)
 
 
 def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
     """ggml numerics, head by head: the two products by the mul_mat kernels themselves (on stand-ins with the
     replaced nodes' operands, so whatever ggml kernel they reproduce, they reproduce it here), the bias, scale
     and ggml's soft_max as soft_max_ext's fast kernel computes them. Holds one head's scores."""
-    from npggml.ops.fast.softmax import _softmax_ggml
-
     q_t, k_t, v_t, _, _ = out.srcs
     Nq, Nk = q_t.ne[1], k_t.ne[1]
     kq_t = _standin("mul_mat", (Nk, Nq, 1, 1), (k_t, q_t))
@@ -204,8 +205,7 @@ def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
     w = np.empty((1, 1, Nq, Nk), F32)
     for j in range(q3.shape[0]):
         _mul_mat(kq_t, k3[j][None, None], q3[j][None, None], w)
-        _scale_add_bias(w[0, 0], rw[j], rh[j], scale)
-        _softmax_ggml(w[0, 0], w[0, 0])
+        _bias_softmax_ggml(w[0, 0], rw[j], rh[j], scale)
         _mul_mat(kqv_t, v3[j][None, None], w, res[j][None, None])
 
 

@@ -64,15 +64,10 @@ def scale_row(y, s):
         y[i] = y[i] * inv
 
 
-@kernel
-def _softmax_ggml(w, y):
-    """Rows of w (2-D float32, already scaled and masked) -> softmax into y (may be w)."""
-    n_rows = w.shape[0]
-    for r in numba.prange(n_rows):
-        tmp = np.empty(16, F32)
-        mx = row_max(w[r])
-        s = exp_sum_ggml(w[r], mx, y[r], tmp)
-        scale_row(y[r], s)
+@helper
+def softmax_row_ggml(yr):
+    """ggml's softmax of one row in place (already scaled and masked): max, `exp_sum_ggml`, times 1/sum."""
+    scale_row(yr, exp_sum_ggml(yr, row_max(yr), yr, np.empty(16, F32)))
 
 
 @helper
@@ -116,14 +111,13 @@ def _soft_max(a, m, slopes, scale, y, ggml):
         yr = y[i3, i2, i1]
         mr = m[i3 % m3, i2 % m2, i1] if has_mask else m[0, 0, 0]
         scaled_row(a[i3, i2, i1], yr, mr, slopes[i2], scale, has_mask)
-        mx = row_max(yr)
         if ggml:
-            s = exp_sum_ggml(yr, mx, yr, np.empty(16, F32))
+            softmax_row_ggml(yr)
         else:
+            mx = row_max(yr)
             for i in range(n0):
                 yr[i] = exp32(yr[i] - mx)
-            s = sum64(yr)
-        scale_row(yr, s)
+            scale_row(yr, sum64(yr))
 
 
 @registry.get("soft_max_ext").fast_kernel
