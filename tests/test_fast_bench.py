@@ -26,3 +26,9 @@ def test_bench_json(capsys):
     assert per["sam_rel_attn"]["count"] == 12 and per["sam_rel_attn"]["fast"] == 12  # one per SAM layer
     assert "soft_max_ext" in per and per["mul_mat"]["flops"] > 0
     assert abs(sum(v["flops"] for v in per.values()) - r["flops"]) <= 1e-6 * r["flops"]
+
+
+def test_bench_rejects_a_repeat_below_one(capsys):
+    rc = main(["bench", "--image", str(FIXTURES / "images" / "doc_620x560.png"), "--repeat", "0"])
+    assert rc == 2
+    assert capsys.readouterr().err == "npggml: error: --repeat must be >= 1 (got 0)\n"

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from npggml.errors import NpggmlError
 from npggml.ops.malloc import retained
 from npggml.tools.encode import add_model_args, open_encoder
 
@@ -106,7 +107,7 @@ def run(args) -> int:
     from npggml.ops.fast import _blas
 
     if args.repeat < 1:
-        raise SystemExit("npggml: error: --repeat must be >= 1")
+        raise NpggmlError(f"--repeat must be >= 1 (got {args.repeat})")
     enc = open_encoder(args)
     views = enc.preprocess(args.image, no_tiles=args.no_tiles)
 
