@@ -108,19 +108,23 @@ def gemms(tasks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
 
 def split(x: np.ndarray, y: np.ndarray, o: np.ndarray) -> None:
     """o = x @ y over the pool, cut along the rows of x or the columns of y: whichever makes the operand that
-    every thread packs again (the uncut one) the smaller."""
+    every thread packs again (the uncut one) the smaller. Every chunk re-packs that operand (worth 10-20 rows of
+    the product for these encoders' weights), so no chunk is below a 1/(2 * threads) share: with two threads,
+    four equal chunks. Against eighths with a small last piece, `mul_mat` ran 2-6 % faster (medians of 4-8
+    alternated encodes of each full-size view and page; BENCHMARKS.md, session 6)."""
+    share = 2 * workers()
     if x.shape[0] * x.shape[1] <= y.shape[0] * y.shape[1] and o.shape[1] >= 32 * workers():
 
         def cols(lo, hi):
             np.matmul(x, y[:, lo:hi], out=o[:, lo:hi])
 
-        run_split(cols, o.shape[1], min_chunk=max(32, o.shape[1] // (4 * workers())))
+        run_split(cols, o.shape[1], min_chunk=max(32, o.shape[1] // share))
         return
 
     def rows(lo, hi):
         np.matmul(x[lo:hi], y, out=o[lo:hi])
 
-    run_split(rows, o.shape[0], min_chunk=max(16, o.shape[0] // (4 * workers())))
+    run_split(rows, o.shape[0], min_chunk=max(16, o.shape[0] // share))
 
 
 def batched(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
