@@ -201,6 +201,21 @@ def test_run_split_covers_every_index_once(n, min_chunk):
         assert not spans
 
 
+@pytest.mark.parametrize("m,k,n", [(37, 5, 301), (301, 5, 37), (1023, 64, 96), (96, 64, 1023)])
+def test_split_product_equals_one_product(m, k, n):
+    """`_blas.split`: a product cut over the pool (by rows of x when x is the larger operand, else by columns of
+    y; chunk counts that do not divide the sizes) writes every element once, with the product's value."""
+    from npggml.ops.fast import _blas
+
+    rng = np.random.default_rng(m * n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    out = np.full((m, n), np.nan, np.float32)
+    _blas.use_own_threads()
+    _blas.split(x, w.T, out)
+    np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("numerics_name", ["exact", "ggml"])
 @pytest.mark.parametrize("op", ["gelu_quick", "gelu_erf", "gelu", "silu", "soft_max_ext", "soft_max_ext+mask",
                                 "swiglu_split", "swiglu_split+gate"])
