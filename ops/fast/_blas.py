@@ -110,8 +110,7 @@ def split(x: np.ndarray, y: np.ndarray, o: np.ndarray) -> None:
     """o = x @ y over the pool, cut along the rows of x or the columns of y: whichever makes the operand that
     every thread packs again (the uncut one) the smaller. Every chunk re-packs that operand (worth 10-20 rows of
     the product for these encoders' weights), so no chunk is below a 1/(2 * threads) share: with two threads,
-    four equal chunks. Against eighths with a small last piece, `mul_mat` ran 2-6 % faster (medians of 4-8
-    alternated encodes of each full-size view and page; BENCHMARKS.md, session 6)."""
+    four equal chunks (2-6 % faster `mul_mat` than eighths ending in a small piece; BENCHMARKS.md, session 6)."""
     share = 2 * workers()
     if x.shape[0] * x.shape[1] <= y.shape[0] * y.shape[1] and o.shape[1] >= 32 * workers():
 
