@@ -5,9 +5,10 @@ float functions in the last bit for a sizeable fraction of inputs (about 15% for
 lowers `math.cos` etc. on float32 to calls into the platform libm, so these ufuncs give the very values ggml's
 scalar kernel code gets from glibc.
 
-`fma32(a, b, c)` is a fused multiply-add rounded once to float32, computed in double: the product of two float32
-is exact in double and the sum is rounded to double before the final rounding to float32, which equals the true
-fma except in (astronomically rare) double-rounding ties.
+`fmaf(a, b, c)` (in Numba code) and `fma32` (on arrays) are C's fmaf: a*b + c rounded once to float32, as the
+fused multiply-adds of ggml's SIMD kernels and GCC's contractions compute it. They lower to LLVM's `llvm.fma`, an
+FMA instruction on a CPU that has one (libm's fmaf elsewhere), so they are exact where an emulation in double is
+not (a sum rounded to double first can land on a float32 tie that the exact sum misses) and vectorise in float32.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 F32 = np.float32
 
@@ -54,11 +58,23 @@ def f32(x) -> np.ndarray:
     return np.asarray(x, dtype=F32)
 
 
-def fma32(a, b, c) -> np.ndarray:
-    """float32(a*b + c) with a single rounding (see the module docstring)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        r = np.asarray(a, np.float64) * np.asarray(b, np.float64) + np.asarray(c, np.float64)
-        return r.astype(F32)
+@intrinsic
+def fmaf(typingctx, a, b, c):
+    """C's fmaf on three float32 values in Numba code (anything else is a typing error, not a silent cast)."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f = ir.FloatType()
+        return builder.call(builder.module.declare_intrinsic("llvm.fma", [f, f, f]), args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@numba.vectorize(["float32(float32, float32, float32)"], cache=True)
+def fma32(a, b, c):
+    """fmaf elementwise on float32 arrays (broadcast); other dtypes are refused rather than rounded."""
+    return fmaf(a, b, c)
 
 
 def cmax(a, b):
@@ -83,26 +99,21 @@ _C5, _C4, _C3, _C2, _C1 = (F32(_X(h)) for h in ("0x1.0e4020p-7", "0x1.573e2ep-5"
 
 @numba.vectorize(["float32(float32)"], cache=True)
 def _v_expf1(x):
-    f64 = np.float64
-    z = np.float32(f64(x) * f64(_LOG2E) + f64(_SHIFT))
+    z = fmaf(x, _LOG2E, _SHIFT)
     n = np.float32(z - _SHIFT)
-    t = np.float32(-f64(n) * f64(_LN2_HI) + f64(x))
-    b = np.float32(-f64(n) * f64(_LN2_LO) + f64(t))
+    b = fmaf(-n, _LN2_LO, fmaf(-n, _LN2_HI, x))
     u = np.float32(b * b)
-    p1 = np.float32(f64(_C5) * f64(b) + f64(_C4))
-    p2 = np.float32(f64(_C3) * f64(b) + f64(_C2))
-    p3 = np.float32(f64(_C1) * f64(b) + 1.0)
-    j = np.float32(f64(np.float32(f64(p1) * f64(u) + f64(p2))) * f64(u) + f64(p3))
+    j = fmaf(fmaf(fmaf(_C5, b, _C4), u, fmaf(_C3, b, _C2)), u, fmaf(_C1, b, np.float32(1.0)))
     if math.isnan(n):
         return np.float32(math.nan)
     if abs(n) > 192:
         return np.float32(0.0) if n <= 0 else np.float32(math.inf)
-    return np.float32(math.ldexp(f64(j), int(n)))
+    return np.float32(math.ldexp(np.float64(j), int(n)))
 
 
 def v_expf(x: np.ndarray) -> np.ndarray:
     """ggml_v_expf (AVX-512 flavour): a range reduction by ln2 and a degree-5 polynomial, all fused
-    multiply-adds (emulated in double, see `fma32`), scaled by 2**n; |n| > 192 saturates to 0 or inf. Differs
+    multiply-adds (`fmaf`), scaled by 2**n; |n| > 192 saturates to 0 or inf. Differs
     from expf by ~1 ulp."""
     with np.errstate(invalid="ignore", over="ignore"):
         return _v_expf1(np.asarray(x, F32))
@@ -177,9 +188,9 @@ def _gemm_fma(c, a, b):
     for g in numba.prange(g_n):
         for i in range(m_n):
             for k in range(k_n):
-                av = np.float64(a[g, i, k])
+                av = a[g, i, k]
                 for j in range(n_n):
-                    c[g, i, j] = np.float32(av * np.float64(b[g, k, j]) + np.float64(c[g, i, j]))
+                    c[g, i, j] = fmaf(av, b[g, k, j], c[g, i, j])
 
 
 def gemm_fma(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

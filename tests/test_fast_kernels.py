@@ -154,6 +154,30 @@ def test_v_expf_bitwise_with_reference():
         np.testing.assert_array_equal(out, ref_v_expf(x))
 
 
+def test_fma_rounds_once_where_a_double_emulation_does_not():
+    """ggml's SIMD kernels round a*b + c once. a*b = 1 + 2**-24 exactly and c = 2**-70: the exact sum lies just
+    above the float32 midpoint between 1 and 1 + 2**-23, so it rounds up; the same sum rounded to double first
+    loses c and lands on the midpoint, which rounds to even (1). The NumPy ufunc and the kernels' helper give the
+    single rounding, and refuse float64 operands rather than round them silently."""
+    import numba
+    from numba.core.errors import TypingError
+
+    from npggml.ops._libm import fma32 as ref_fma
+    from npggml.ops.fast._common import fma32
+
+    a, b, c = (np.float32(v) for v in (12763648 * 2.0**-23, 11026432 * 2.0**-24, 2.0**-70))
+    assert float(a) * float(b) == 1 + 2.0**-24
+    assert np.float32(float(a) * float(b) + float(c)) == 1  # the double emulation's answer
+    up = np.float32(1 + 2.0**-23)
+    assert ref_fma(a, b, c) == up
+    np.testing.assert_array_equal(ref_fma(np.full(3, a), b, np.array([c, 0, -c], np.float32)), [up, 1, 1])
+    assert numba.njit(lambda x, y, z: fma32(x, y, z))(a, b, c) == up
+    with pytest.raises(TypingError):
+        numba.njit(lambda x, y, z: fma32(x, y, z))(1.5, a, c)
+    with pytest.raises(TypeError):
+        ref_fma(np.ones(2), a, c)
+
+
 def test_sam_rel_attn_task_paths(monkeypatch):
     """With the task size cut to 24 scores the strategy's cases take both of the fast kernel's task shapes
     (several whole heads a task, one head in several blocks of query rows) and must agree with the reference."""

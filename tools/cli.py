@@ -1,6 +1,6 @@
-"""`npggml` console entry point.
+"""npggml: encode pages with llama.cpp mmproj GGUFs (DeepSeek-OCR v1/v2) and debug the graph op by op.
 
-Each subcommand lives in its own module under `npggml.tools` and exposes
+The console entry point. Each subcommand lives in its own module under `npggml.tools` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 User errors (`NpggmlError`) become one line on stderr and exit status 2.
 """
@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(glibc: no mmap'd chunks, no trimming; npggml.ops.malloc); default: glibc's policy")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"npggml.tools.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"npggml.tools.{name}":
-                continue  # subcommand not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"npggml.tools.{name}").register(sub)
     return parser
 
 

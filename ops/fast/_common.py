@@ -11,6 +11,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from npggml.ops._libm import _C1, _C2, _C3, _C4, _C5, _LN2_HI, _LN2_LO, _LOG2E, _SHIFT, fmaf
+
 # Numba's workqueue threads sleep between kernels; OpenMP's spin, which starves the BLAS pool threads (and
 # everything else) whenever the machine is shared: a tiny-model encode went from 1.7 s to 7-9 s under load.
 # Only a default: NUMBA_THREADING_LAYER still decides, and a layer already started stays.
@@ -28,13 +30,6 @@ kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True, error
 helper = numba.njit(cache=True, fastmath=False, inline="always", error_model="numpy")
 
 _X = float.fromhex
-_SHIFT = F32(_X("0x1.8p23"))
-_LOG2E = F64(F32(_X("0x1.715476p+0")))
-_LN2_HI, _LN2_LO = F64(F32(_X("0x1.62e4p-1"))), F64(F32(_X("0x1.7f7d1cp-20")))
-_C5, _C4, _C3, _C2, _C1 = (F64(F32(_X(h))) for h in ("0x1.0e4020p-7", "0x1.573e2ep-5", "0x1.555e66p-3",
-                                                      "0x1.fffdb6p-2", "0x1.ffffecp-1"))
-_SHIFT64 = F64(_SHIFT)
-ONE64 = F64(1.0)
 
 
 @intrinsic
@@ -102,27 +97,19 @@ def row_of(r, n2, n1):
     return r // (n2 * n1), (r // n1) % n2, r % n1
 
 
-@helper
-def fma32(a, b, c):
-    """float32(a*b + c) computed in double: the ref's `_libm.fma32`, bit for bit."""
-    return F32(F64(a) * F64(b) + F64(c))
+fma32 = fmaf  # C's fmaf, one rounding: the fused multiply-adds of ggml's SIMD code and of GCC's contractions
 
 
 @helper
 def v_expf(x):
-    """ggml_v_expf (AVX-512 flavour) on one float32, exactly as `npggml.ops._libm.v_expf` computes it. Without
-    branches or a table (2**n from the exponent bits of a double, the saturations as selects), so that loops of
-    it vectorise."""
-    z = F32(F64(x) * _LOG2E + _SHIFT64)
+    """ggml_v_expf (AVX-512 flavour) on one float32, exactly as `npggml.ops._libm.v_expf` computes it: its fused
+    multiply-adds, then 2**n from the exponent bits of a double and the saturations as selects instead of the
+    reference's ldexp and branches, so that loops of it vectorise."""
+    z = fmaf(x, _LOG2E, _SHIFT)
     n = F32(z - _SHIFT)
-    nd = -F64(n)
-    b = F32(nd * _LN2_LO + F64(F32(nd * _LN2_HI + F64(x))))
-    bd = F64(b)
-    u = F64(F32(b * b))
-    p54 = F64(F32(_C5 * bd + _C4))
-    p32 = F64(F32(_C3 * bd + _C2))
-    p10 = F64(F32(_C1 * bd + ONE64))
-    j = F32(F64(F32(p54 * u + p32)) * u + p10)
+    b = fmaf(-n, _LN2_LO, fmaf(-n, _LN2_HI, x))
+    u = F32(b * b)
+    j = fmaf(fmaf(fmaf(_C5, b, _C4), u, fmaf(_C3, b, _C2)), u, fmaf(_C1, b, F32(1.0)))
     nc = n if n > F32(-192.0) else F32(-192.0)  # NaN -> -192: any in-range value, replaced below
     nc = nc if nc < F32(192.0) else F32(192.0)
     e = F32(F64(j) * _i64_as_f64((np.int64(np.int32(nc)) + 1023) << 52))  # via int32: AVX2 has no f64->i64
