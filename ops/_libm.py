@@ -112,9 +112,8 @@ def _v_expf1(x):
 
 
 def v_expf(x: np.ndarray) -> np.ndarray:
-    """ggml_v_expf (AVX-512 flavour): a range reduction by ln2 and a degree-5 polynomial, all fused
-    multiply-adds (`fmaf`), scaled by 2**n; |n| > 192 saturates to 0 or inf. Differs
-    from expf by ~1 ulp."""
+    """ggml_v_expf (AVX-512 flavour): a range reduction by ln2 and a degree-5 polynomial, all fused multiply-adds
+    (`fmaf`), scaled by 2**n; |n| > 192 saturates to 0 or inf. Differs from expf by ~1 ulp."""
     with np.errstate(invalid="ignore", over="ignore"):
         return _v_expf1(np.asarray(x, F32))
 
