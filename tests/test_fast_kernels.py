@@ -105,7 +105,7 @@ def test_gelu_erf_exact_bitwise_on_many_values():
 
 
 def test_exp32_accuracy_and_special_values():
-    """The reference-mode attention's float32 exp: within 1.3 ulp of the exact value on its whole finite range
+    """The reference-mode attention's float32 exp: within 1 ulp of the exact value on its whole finite range
     (NumPy's own float32 exp is 2.4 ulp off here), zero from -86.5 down, inf from overflow, NaN kept."""
     import numba
 
@@ -122,7 +122,7 @@ def test_exp32_accuracy_and_special_values():
     run(x, out)
     exact = np.exp(x.astype(np.float64))
     ulps = np.abs(out - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
-    assert ulps.max() <= 1.3, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
+    assert ulps.max() <= 1.0, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
     special = np.array([0.0, -0.0, -86.5, -200.0, -np.inf, 88.73, 1e30, np.inf, np.nan], np.float32)
     got = np.empty_like(special)
     run(special, got)

@@ -15,7 +15,7 @@ into tasks of about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's b
 1024 global view, 13 whole 14x14-window heads in the windowed layers. The BLAS pool's threads take tasks; each
 computes its scores key-major with one single-threaded sgemm (`k @ q_block^T`, batched over the task's heads),
 then two Numba passes that run across the queries: the max of the scaled and biased scores (read only), then
-their exponentials in place with each query's double sum (keys in order; `exp32`, within 1.3 ulp of exp),
+their exponentials in place with each query's double sum (keys in order; `exp32`, within 1 ulp of exp),
 multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and
 writes each query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before
 the product: the same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it

@@ -101,8 +101,8 @@ def sum64(v):
 @kernel
 def _soft_max(a, m, slopes, scale, y, ggml):
     """soft_max_ext in one pass per row: y = a*scale + slope*mask (m may be None-shaped (1,1,1,0), broadcast
-    over dims 2/3 by modulo), its max, then under ggml numerics `exp_sum_ggml`, else `exp32` (within 1.3 ulp of
-    NumPy's exp, which is scalar on AVX2 machines) with `sum64`; times float32(1/double sum)."""
+    over dims 2/3 by modulo), its max, then under ggml numerics `exp_sum_ggml`, else `exp32` (within 1 ulp of
+    exp; NumPy's float32 exp is scalar on AVX2 machines) with `sum64`; times float32(1/double sum)."""
     n3, n2, n1, n0 = a.shape
     m3, m2 = m.shape[0], m.shape[1]
     has_mask = m.shape[3] > 0
