@@ -29,8 +29,6 @@ F64 = np.float64
 kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True, error_model="numpy")
 helper = numba.njit(cache=True, fastmath=False, inline="always", error_model="numpy")
 
-_X = float.fromhex
-
 
 @intrinsic
 def _i32_as_f32(typingctx, x):
@@ -58,8 +56,6 @@ def _f32_as_i32(typingctx, x):
 
 _EXP_LO = F32(-86.5)  # from here down: flushed to zero (keeps 2**(n-1) a normal float)
 _EXP_HI = F32(88.75)  # above: inf (float32 exp overflows from 88.7228)
-_LOG2E32, _SHIFT32 = F32(_X("0x1.715476p+0")), F32(_X("0x1.8p23"))
-_LN2_HI32, _LN2_LO32 = F32(_X("0x1.62e4p-1")), F32(_X("0x1.7f7d1cp-20"))
 _E2, _E3, _E4, _E5, _E6, _E7 = (F32(1.0 / math.factorial(i)) for i in range(2, 8))
 _ONE32 = F32(1.0)
 
@@ -72,9 +68,9 @@ def exp32(x):
     (NumPy's float32 exp: 2.4); results for x <= -86.5 (below 2**-124) are flushed to zero, NaN stays NaN."""
     xc = x if x > _EXP_LO else _EXP_LO
     xc = xc if xc < _EXP_HI else _EXP_HI
-    z = fmaf(xc, _LOG2E32, _SHIFT32)
-    n = z - _SHIFT32
-    r = fmaf(n, -_LN2_LO32, fmaf(n, -_LN2_HI32, xc))
+    z = fmaf(xc, _LOG2E, _SHIFT)
+    n = z - _SHIFT
+    r = fmaf(n, -_LN2_LO, fmaf(n, -_LN2_HI, xc))
     p = fmaf(fmaf(fmaf(fmaf(fmaf(fmaf(fmaf(_E7, r, _E6), r, _E5), r, _E4), r, _E3), r, _E2), r, _ONE32), r, _ONE32)
     e = (p * _i32_as_f32((_f32_as_i32(z) + 126) << 23)) * F32(2.0)
     e = e if x > _EXP_LO else F32(0.0)
@@ -96,9 +92,6 @@ def onto(src, dst):
 def row_of(r, n2, n1):
     """Row r of a 4-D array's n3*n2*n1 rows (the prange index of the row kernels) -> (i3, i2, i1)."""
     return r // (n2 * n1), (r // n1) % n2, r % n1
-
-
-fma32 = fmaf  # C's fmaf, one rounding: the fused multiply-adds of ggml's SIMD code and of GCC's contractions
 
 
 @helper

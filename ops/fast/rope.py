@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 from npggml.ops import registry
-from npggml.ops.fast._common import F32, fma32, is_f32, kernel
+from npggml.ops.fast._common import F32, fmaf, is_f32, kernel
 from npggml.ops.rope import NEOX, NORMAL, rope_cache, yarn_corr_dims
 
 
@@ -33,8 +33,8 @@ def _rotate(x, cos, sin, n_dims, neox, nf, y):
             x0, x1 = xr[j0], xr[j1]
             c, s = cos[it, p], sin[it, p]
             if p < nf:
-                y0 = fma32(x0, c, -(x1 * s))
-                y1 = fma32(x0, s, x1 * c)
+                y0 = fmaf(x0, c, -(x1 * s))
+                y1 = fmaf(x0, s, x1 * c)
             else:
                 y0 = x0 * c - x1 * s
                 y1 = x0 * s + x1 * c

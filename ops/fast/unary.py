@@ -16,7 +16,7 @@ from npggml.ops.fast._common import (
     F64,
     exp32,
     f16_bits,
-    fma32,
+    fmaf,
     helper,
     is_f32,
     kernel,
@@ -50,7 +50,7 @@ def act(x, u, kind, table):
             return x
         return table[f16_bits(u)]
     if kind == GELU_TANH:  # glibc tanhf; GELU_COEF_A*x*x + 1 contracted to an fma, as the reference
-        return _HALF * x * (_ONE + F32(math.tanh(SQRT_2_OVER_PI * x * fma32(GELU_COEF_A * x, x, _ONE))))
+        return _HALF * x * (_ONE + F32(math.tanh(SQRT_2_OVER_PI * x * fmaf(GELU_COEF_A * x, x, _ONE))))
     if kind == GELU_ERF:  # exact: libm erf in double, rounded
         e = F32(math.erf(F64(x) * _INV_SQRT2))
         return _HALF * x * (_ONE + e)
