@@ -191,9 +191,9 @@ def test_sam_rel_attn_task_paths(monkeypatch):
     def check(case):
         node, used_fast = _check_case("sam_rel_attn", "exact", case)
         if used_fast:
-            n_heads, nq, nk = node.ne[2] * node.ne[3], node.ne[1], node.srcs[1].ne[1]
+            n_heads, n_batch, nq, nk = node.ne[2], node.ne[3], node.ne[1], node.srcs[1].ne[1]
             g, qb = sam_attn.plan(n_heads, nq, nk)
-            seen.add("head groups" if 1 < g < n_heads else "query blocks" if qb < nq else "other")
+            seen.add("head groups" if 1 < g < n_heads * n_batch else "query blocks" if qb < nq else "other")
 
     check()
     assert {"head groups", "query blocks"} <= seen, seen

@@ -7,20 +7,21 @@ matrix per head, three times over (scores, mask, probabilities). `npggml.graph.f
 that sub-graph with this op, which takes the two small rel-pos factors and adds `rel_h[q, kh] + rel_w[q, kw]` on
 the fly to one block of query rows of a few heads at a time.
 
-Sources (ggml order): q `[D, Nq, H, B]`, k `[D, Nk, H, B]`, v `[Nk, D, H, B]` (the operands of the two
-mul_mats), rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw). Result
-`[D, Nq, H, B]` F32: exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel runs the
-replaced nodes' reference kernels in graph order (same bits as the unfused graph). The fast kernel cuts the work
-into tasks of about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's block of 128 query rows at the
-1024 global view, 13 whole 14x14-window heads in the windowed layers. The BLAS pool's threads take tasks; each
-computes its scores key-major with one single-threaded sgemm (`k @ q_block^T`, batched over the task's heads),
-then two Numba passes that run across the queries: the max of the scaled and biased scores (read only), then
-their exponentials in place with each query's double sum (keys in order; `exp32`, within 1 ulp of exp),
-multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and
-writes each query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before
-the product: the same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it
-goes head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces
-whatever ggml kernel they reproduce (one head's scores).
+Sources (ggml order): q `[D, Nq, H, B]`, k `[D, Nk, H, B]`, v `[Nk, D, H, B]` (the operands of the two mul_mats),
+rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw). Result `[D, Nq, H, B]` F32:
+exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel runs the replaced nodes'
+reference kernels in graph order (same bits as the unfused graph). The fast kernel cuts the work into tasks of
+about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's block of 128 query rows at the 1024 global view,
+the 12 heads of one 14x14 window in the windowed layers. The BLAS pool's threads take tasks; each reads its
+operands as views of the nodes' buffers (copying q, k and the bias factors first, on one thread, made the op twice
+as slow on a page: large fresh temporaries every layer), computes its scores key-major with one single-threaded
+sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across the queries: the max
+of the scaled and biased scores (read only), then their exponentials in place with each query's double sum (keys in
+order; `exp32`, within 1 ulp of exp), multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster
+than `p^T @ v^T` for these shapes) and writes each query's 64 outputs times 1/sum into the result (the reference
+normalises the probabilities before the product: the same value to float32 rounding). Memory: one task's scores per
+thread. Under ggml numerics it goes head by head through the mul_mat kernels themselves and soft_max_ext's ggml
+softmax, so that it reproduces whatever ggml kernel they reproduce (one head's scores).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from npggml.ops.fast.softmax import softmax_row_ggml
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
-BLOCK_ELEMENTS = 1 << 19  # scores per task (2 MiB of float32): 128 query rows of 4096 keys, or 13 196x196 heads
+BLOCK_ELEMENTS = 1 << 19  # scores per task (2 MiB of float32): 128 query rows of 4096 keys, or 12 196x196 heads
 
 
 def _flops(n) -> float:
@@ -64,13 +65,14 @@ def sam_rel_attn(q, k, v, rel_w, rel_h, scale):
     return Out((D, Nq, H, B), "f32")
 
 
-def _operands(out, q, k, v, rel_w, rel_h):
-    B, H, Nq, D = q.shape
-    Nk = k.shape[2]
+def _bias_rows(out, rel_w, rel_h):
+    """rel_w, rel_h as (B, H, Nq, W) and (B, H, Nq, Hh) arrays (ggml's dim 3 of the factors runs over H*B, the
+    head fastest); views of the nodes' buffers, which are contiguous in the SAM graph."""
+    B, H, Nq = out.ne[3], out.ne[2], out.ne[1]
     W, Hh = out.srcs[3].ne[0], out.srcs[4].ne[1]
-    rw = np.ascontiguousarray(rel_w, F32).reshape(B * H, Nq, W)
-    rh = np.ascontiguousarray(rel_h, F32).reshape(B * H, Nq, Hh)
-    return (q.reshape(B * H, Nq, D), k.reshape(B * H, Nk, D), v.reshape(B * H, D, Nk), rw, rh)
+    rw = np.ascontiguousarray(rel_w, F32).reshape(B, H, Nq, W)
+    rh = np.ascontiguousarray(rel_h, F32).reshape(B, H, Nq, Hh)
+    return rw, rh
 
 
 def _standin(op_name: str, ne: tuple, srcs: tuple, params: dict | None = None) -> Tensor:
@@ -193,7 +195,7 @@ def _bias_softmax_ggml(w, rw, rh, scale):
         softmax_row_ggml(row)
 
 
-def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
+def _ggml_heads(out, q, k, v, rw, rh, scale, res) -> None:
     """ggml numerics, head by head: the two products by the mul_mat kernels themselves (on stand-ins with the
     replaced nodes' operands, so whatever ggml kernel they reproduce, they reproduce it here), the bias, scale
     and ggml's soft_max as soft_max_ext's fast kernel computes them. Holds one head's scores."""
@@ -203,10 +205,10 @@ def _ggml_heads(out, q3, k3, v3, rw, rh, scale, res) -> None:
     sm_t = _standin("soft_max_ext", (Nk, Nq, 1, 1), (kq_t, None))
     kqv_t = _standin("mul_mat", (out.ne[0], Nq, 1, 1), (v_t, sm_t))
     w = np.empty((1, 1, Nq, Nk), F32)
-    for j in range(q3.shape[0]):
-        _mul_mat(kq_t, k3[j][None, None], q3[j][None, None], w)
-        _bias_softmax_ggml(w[0, 0], rw[j], rh[j], scale)
-        _mul_mat(kqv_t, v3[j][None, None], w, res[j][None, None])
+    for b, h in np.ndindex(*q.shape[:2]):
+        _mul_mat(kq_t, k[b, h][None, None], q[b, h][None, None], w)
+        _bias_softmax_ggml(w[0, 0], rw[b, h], rh[b, h], scale)
+        _mul_mat(kqv_t, v[b, h][None, None], w, res[b, h][None, None])
 
 
 def blocks(nq: int, nk: int) -> int:
@@ -218,8 +220,9 @@ def blocks(nq: int, nk: int) -> int:
 
 
 def plan(n_heads: int, nq: int, nk: int) -> tuple[int, int]:
-    """(heads, query rows) per task: a head whose scores fit in a block goes whole, with as many other heads
-    as fit (SAM's 196 x 196 windows: 13 a task); a larger head goes alone, in blocks of query rows."""
+    """(heads, query rows) per task, `n_heads` being the heads of one batch entry (a task's heads are views of
+    one q, k and v): a head whose scores fit in a block goes whole, with as many other heads as fit (SAM's 196 x
+    196 windows: 12 a task); a larger head goes alone, in blocks of query rows."""
     if nq * nk <= BLOCK_ELEMENTS:
         return max(1, min(n_heads, BLOCK_ELEMENTS // max(nq * nk, 1))), nq
     return 1, blocks(nq, nk)
@@ -231,38 +234,36 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
         return NotImplemented
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    q3, k3, v3, rw, rh = _operands(out, q, k, v, rel_w, rel_h)
+    rw, rh = _bias_rows(out, rel_w, rel_h)
     if ggml_numerics():
-        _ggml_heads(out, q3, k3, v3, rw, rh, F32(scale), dst.reshape(B * H, Nq, D))
+        _ggml_heads(out, q, k, v, rw, rh, F32(scale), dst)
         return None
-    rwT = np.ascontiguousarray(rw.transpose(0, 2, 1))  # (BH, W, Nq): one row of queries per kw
-    rhT = np.ascontiguousarray(rh.transpose(0, 2, 1))  # (BH, Hh, Nq)
-    res = dst.reshape(B * H, Nq, D)
     sc = F32(scale)
-    J = B * H
-    g, qb = plan(J, Nq, Nk)
-    tasks = [(h0, min(h0 + g, J), i0, min(i0 + qb, Nq)) for h0 in range(0, J, g) for i0 in range(0, Nq, qb)]
+    g, qb = plan(H, Nq, Nk)
+    tasks = [(b, h0, min(h0 + g, H), i0, min(i0 + qb, Nq))
+             for b in range(B) for h0 in range(0, H, g) for i0 in range(0, Nq, qb)]
     _blas.use_own_threads()
     scratch = {}  # per thread: a task's scores, their column maxima and sums, the product with v
 
     def work(lo, hi):
-        """A chunk of tasks, each on its own: scores -> softmax -> times v -> normalised into the result."""
+        """A chunk of tasks, each on its own: scores -> softmax -> times v -> normalised into the result. The
+        operands are views (q and k of a SAM layer are strided: their heads interleave in each token's row)."""
         tid = threading.get_ident()
         if tid not in scratch:
             scratch[tid] = (np.empty(g * Nk * qb, F32), np.empty(qb, F32), np.empty(g * qb, F64),
                             np.empty(g * D * qb, F32))
         s_buf, colmax, acc_buf, r_buf = scratch[tid]
-        for h0, h1, i0, i1 in tasks[lo:hi]:
+        for b, h0, h1, i0, i1 in tasks[lo:hi]:
             m, n = h1 - h0, i1 - i0
             S = s_buf[: m * Nk * n].reshape(m, Nk, n)
-            np.matmul(k3[h0:h1], q3[h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # mul_mat(k, q), key-major
-            # contiguous copies of the block's bias rows: Numba compiles strided ('A') arrays unvectorised
-            rw_b = np.ascontiguousarray(rwT[h0:h1, :, i0:i1])
-            rh_b = np.ascontiguousarray(rhT[h0:h1, :, i0:i1])
+            np.matmul(k[b, h0:h1], q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # mul_mat(k, q), key-major
+            # the block's bias rows, one row of queries per kw (kh): contiguous, as Numba vectorises those
+            rw_b = np.ascontiguousarray(rw[b, h0:h1, i0:i1].transpose(0, 2, 1))
+            rh_b = np.ascontiguousarray(rh[b, h0:h1, i0:i1].transpose(0, 2, 1))
             acc = acc_buf[: m * n].reshape(m, n)
             _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc)
             R = r_buf[: m * D * n].reshape(m, D, n)
-            np.matmul(v3[h0:h1], S, out=R)
-            _normalise(R, acc, res[h0:h1, i0:i1])
+            np.matmul(v[b, h0:h1], S, out=R)
+            _normalise(R, acc, dst[b, h0:h1, i0:i1])
 
     _blas.run_split(work, len(tasks))
