@@ -14,15 +14,15 @@ reference kernels in graph order (same bits as the unfused graph). The fast kern
 about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's block of 128 query rows at the 1024 global view,
 the 12 heads of one 14x14 window in the windowed layers. The BLAS pool's threads take tasks; each reads its
 operands as views of the nodes' buffers (copying q, k and the bias factors first, on one thread, made the op twice
-as slow on a page: 32 MiB copies of q and k a layer, and some windowed layers then took 0.5-0.6 s instead of 0.07),
-computes its scores key-major with one single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then
-two Numba passes that run across the queries: the max of the scaled and biased scores (read only), then their
-exponentials in place with each query's double sum (keys in order; `exp32`, within 1 ulp of exp), multiplies v by
-them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and writes each
-query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before the product: the
-same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head
-through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel
-they reproduce (one head's scores).
+as slow on a page: copies of q and k of up to 31 MiB a layer, and some windowed layers then took 0.52-0.63 s
+instead of 0.07-0.12), computes its scores key-major with one single-threaded sgemm (`k @ q_block^T`, batched over
+the task's heads), then two Numba passes that run across the queries: the max of the scaled and biased scores (read
+only), then their exponentials in place with each query's double sum (keys in order; `exp32`, within 1 ulp of exp),
+multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and
+writes each query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before the
+product: the same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes
+head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever
+ggml kernel they reproduce (one head's scores).
 """
 
 from __future__ import annotations
