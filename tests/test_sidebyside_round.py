@@ -81,6 +81,23 @@ def test_round_names_a_failing_program(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.splitlines()[-1] == \
         "round: error: llama.cpp exited with 1: clip_init: failed to load model"
 
+    lcp = script(tmp_path / "dsocr_bench", "print('RESULT proj=v1 median_ms=8000.0')")
+    for body, message in (("print('Traceback: no module named torch')", "pytorch printed no JSON object"),
+                          ("print(json.dumps({'seconds': []}))", "pytorch's JSON has no median_seconds")):
+        torch = script(tmp_path / "python", body)
+        rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--passes", "1",
+                            "--dsocr-bench", str(lcp), "--torch-python", str(torch)])
+        assert rc == 2
+        assert capsys.readouterr().err.splitlines()[-1].startswith(f"round: error: {message}")
+
+    not_executable = tmp_path / "dsocr_bench.cpp"
+    not_executable.write_text("int main() {}\n")
+    rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--passes", "1",
+                        "--dsocr-bench", str(not_executable)])
+    assert rc == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"round: error: llama.cpp: cannot run {not_executable}: Permission denied"
+
     silent = script(tmp_path / "silent_bench", "print('no result here')")
     rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--repeat", "1",
                         "--passes", "1", "--dsocr-bench", str(silent)])

@@ -70,11 +70,26 @@ def parse_args(argv=None):
 
 def run(name: str, cmd: list[str], env: dict) -> str:
     """stdout of cmd; RoundError naming the program and its last stderr line if it fails."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    except OSError as e:
+        raise RoundError(f"{name}: cannot run {cmd[0]}: {e.strerror}") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise RoundError(f"{name} exited with {proc.returncode}: {last}")
     return proc.stdout
+
+
+def run_json(name: str, cmd: list[str], env: dict, *keys: str) -> dict:
+    """The JSON object cmd prints, which must hold `keys`; RoundError otherwise."""
+    try:
+        out = json.loads(run(name, cmd, env))
+    except json.JSONDecodeError:
+        raise RoundError(f"{name} printed no JSON object (expected one with {', '.join(keys)})") from None
+    missing = [k for k in keys if not isinstance(out, dict) or k not in out]
+    if missing:
+        raise RoundError(f"{name}'s JSON has no {', '.join(missing)}")
+    return out
 
 
 def measure(program: str, graph: str, args) -> dict:
@@ -86,7 +101,8 @@ def measure(program: str, graph: str, args) -> dict:
     if program == "npggml":
         cmd = [sys.executable, "-m", "npggml.tools.cli", "bench", "--mmproj", model, "--image", str(args.image),
                "--repeat", str(args.repeat), "--json"] + (["--no-tiles"] if views == "global" else [])
-        out = json.loads(run(program, cmd, env))
+        keys = ("encode_seconds", "encode_runs", "sgemm_gflops", "sgemm_ratio", "peak_rss_bytes")
+        out = run_json(program, cmd, env, *keys)
         return {"seconds": out["encode_seconds"], "runs": out["encode_runs"], "sgemm_gflops": out["sgemm_gflops"],
                 "sgemm_ratio": out["sgemm_ratio"], "peak_rss_bytes": out["peak_rss_bytes"]}
     if program == "llama.cpp":
@@ -99,7 +115,7 @@ def measure(program: str, graph: str, args) -> dict:
     env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="2147483647")
     cmd = [str(args.torch_python), str(HERE / "bench_torch.py"), "--model", version, "--views", views,
            "--repeat", str(args.repeat), "--threads", threads]
-    out = json.loads(run(program, cmd, env))
+    out = run_json(program, cmd, env, "median_seconds", "seconds")
     return {"seconds": out["median_seconds"], "runs": out["seconds"]}
 
 
