@@ -29,6 +29,11 @@ def script(path: Path, body: str) -> Path:
     return path
 
 
+def round_main(*argv: str) -> int:
+    """round.py on the tiny v1 model's global view and the small test page, plus `argv`."""
+    return round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), *argv])
+
+
 @pytest.fixture
 def fakes(tmp_path):
     lcp = script(tmp_path / "dsocr_bench", "print('loading...')\n"
@@ -42,9 +47,8 @@ def fakes(tmp_path):
 def test_round_table_and_order(fakes, tmp_path, capsys):
     lcp, torch = fakes
     out_json = tmp_path / "round.json"
-    rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--repeat", "1",
-                        "--passes", "2", "--dsocr-bench", str(lcp), "--torch-python", str(torch),
-                        "--json", str(out_json)])
+    rc = round_main("--repeat", "1", "--passes", "2", "--dsocr-bench", str(lcp), "--torch-python", str(torch),
+                    "--json", str(out_json))
     assert rc == 0
     out, err = capsys.readouterr()
     # pass 1 in the order npggml, llama.cpp, pytorch; pass 2 reversed
@@ -75,8 +79,7 @@ def test_round_names_a_failing_program(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(round_py, "measure", lambda p, g, a: npggml if p == "npggml" else real(p, g, a))
     broken = script(tmp_path / "broken_bench", "sys.stderr.write('clip_init: failed to load model\\n')\n"
                     "sys.exit(1)")
-    rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--repeat", "1",
-                        "--passes", "1", "--dsocr-bench", str(broken)])
+    rc = round_main("--repeat", "1", "--passes", "1", "--dsocr-bench", str(broken))
     assert rc == 2
     assert capsys.readouterr().err.splitlines()[-1] == \
         "round: error: llama.cpp exited with 1: clip_init: failed to load model"
@@ -85,22 +88,19 @@ def test_round_names_a_failing_program(tmp_path, capsys, monkeypatch):
     for body, message in (("print('Traceback: no module named torch')", "pytorch printed no JSON object"),
                           ("print(json.dumps({'seconds': []}))", "pytorch's JSON has no median_seconds")):
         torch = script(tmp_path / "python", body)
-        rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--passes", "1",
-                            "--dsocr-bench", str(lcp), "--torch-python", str(torch)])
+        rc = round_main("--passes", "1", "--dsocr-bench", str(lcp), "--torch-python", str(torch))
         assert rc == 2
         assert capsys.readouterr().err.splitlines()[-1].startswith(f"round: error: {message}")
 
     not_executable = tmp_path / "dsocr_bench.cpp"
     not_executable.write_text("int main() {}\n")
-    rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--passes", "1",
-                        "--dsocr-bench", str(not_executable)])
+    rc = round_main("--passes", "1", "--dsocr-bench", str(not_executable))
     assert rc == 2
     assert capsys.readouterr().err.splitlines()[-1] == \
         f"round: error: llama.cpp: cannot run {not_executable}: Permission denied"
 
     silent = script(tmp_path / "silent_bench", "print('no result here')")
-    rc = round_py.main(["--v1", str(TINY), "--graphs", "v1-global", "--image", str(IMAGE), "--repeat", "1",
-                        "--passes", "1", "--dsocr-bench", str(silent)])
+    rc = round_main("--repeat", "1", "--passes", "1", "--dsocr-bench", str(silent))
     assert rc == 2
     assert "printed no RESULT line" in capsys.readouterr().err.splitlines()[-1]
 
@@ -113,6 +113,6 @@ def test_round_names_a_failing_program(tmp_path, capsys, monkeypatch):
 def test_round_rejects_bad_arguments(fakes, argv, message, capsys):
     lcp, _ = fakes
     with pytest.raises(SystemExit) as e:
-        round_py.main(["--v1", str(TINY), "--dsocr-bench", str(lcp), "--graphs", "v1-global"] + argv)
+        round_main("--dsocr-bench", str(lcp), *argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err

@@ -31,6 +31,10 @@ IMAGE = HERE.parent.parent / "tests" / "fixtures" / "images" / "doc_1500x1000.pn
 GRAPHS = ("v1-global", "v2-global", "v1-page", "v2-page")
 PROGRAMS = ("npggml", "llama.cpp", "pytorch")
 RESULT = re.compile(r"^RESULT .*\bmedian_ms=(-?[0-9.]+)", re.M)
+# the JSON keys each program's report must hold -> the names they go by in a round's results
+NPGGML_KEYS = {"encode_seconds": "seconds", "encode_runs": "runs", "sgemm_gflops": "sgemm_gflops",
+               "sgemm_ratio": "sgemm_ratio", "peak_rss_bytes": "peak_rss_bytes"}
+TORCH_KEYS = {"median_seconds": "seconds", "seconds": "runs"}
 
 
 class RoundError(Exception):
@@ -58,9 +62,10 @@ def parse_args(argv=None):
     if args.passes < 1 or args.repeat < 1 or args.threads < 1:
         p.error("--passes, --repeat and --threads must be >= 1")
     for g in args.graphs:
-        model = getattr(args, g.split("-")[0])
+        version = g.split("-")[0]
+        model = getattr(args, version)
         if model is None or not model.is_file():
-            p.error(f"graph {g} needs --{g.split('-')[0]}: an mmproj GGUF file (got {model})")
+            p.error(f"graph {g} needs --{version}: an mmproj GGUF file (got {model})")
     for flag, path in (("--dsocr-bench", args.dsocr_bench), ("--torch-python", args.torch_python),
                        ("--image", args.image)):
         if path is not None and not path.is_file():
@@ -80,8 +85,9 @@ def run(name: str, cmd: list[str], env: dict) -> str:
     return proc.stdout
 
 
-def run_json(name: str, cmd: list[str], env: dict, *keys: str) -> dict:
-    """The JSON object cmd prints, which must hold `keys`; RoundError otherwise."""
+def run_json(name: str, cmd: list[str], env: dict, keys: dict[str, str]) -> dict:
+    """The JSON object cmd prints, which must hold `keys`, with those renamed as `keys` says; RoundError
+    otherwise."""
     try:
         out = json.loads(run(name, cmd, env))
     except json.JSONDecodeError:
@@ -89,7 +95,7 @@ def run_json(name: str, cmd: list[str], env: dict, *keys: str) -> dict:
     missing = [k for k in keys if not isinstance(out, dict) or k not in out]
     if missing:
         raise RoundError(f"{name}'s JSON has no {', '.join(missing)}")
-    return out
+    return {ours: out[theirs] for theirs, ours in keys.items()}
 
 
 def measure(program: str, graph: str, args) -> dict:
@@ -101,10 +107,7 @@ def measure(program: str, graph: str, args) -> dict:
     if program == "npggml":
         cmd = [sys.executable, "-m", "npggml.tools.cli", "bench", "--mmproj", model, "--image", str(args.image),
                "--repeat", str(args.repeat), "--json"] + (["--no-tiles"] if views == "global" else [])
-        keys = ("encode_seconds", "encode_runs", "sgemm_gflops", "sgemm_ratio", "peak_rss_bytes")
-        out = run_json(program, cmd, env, *keys)
-        return {"seconds": out["encode_seconds"], "runs": out["encode_runs"], "sgemm_gflops": out["sgemm_gflops"],
-                "sgemm_ratio": out["sgemm_ratio"], "peak_rss_bytes": out["peak_rss_bytes"]}
+        return run_json(program, cmd, env, NPGGML_KEYS)
     if program == "llama.cpp":
         cmd = [str(args.dsocr_bench), "--mmproj", model, "--image", str(args.image), "--threads", threads,
                "--repeat", str(args.repeat)] + (["--global-only"] if views == "global" else [])
@@ -115,8 +118,7 @@ def measure(program: str, graph: str, args) -> dict:
     env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="2147483647")
     cmd = [str(args.torch_python), str(HERE / "bench_torch.py"), "--model", version, "--views", views,
            "--repeat", str(args.repeat), "--threads", threads]
-    out = run_json(program, cmd, env, "median_seconds", "seconds")
-    return {"seconds": out["median_seconds"], "runs": out["seconds"]}
+    return run_json(program, cmd, env, TORCH_KEYS)
 
 
 def table(results: list[dict], programs: tuple[str, ...]) -> str:
