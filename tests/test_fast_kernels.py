@@ -129,6 +129,34 @@ def test_exp32_accuracy_and_special_values():
     np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
 
 
+def test_exp32_neg_softmax_domain():
+    """The softmax passes' exp of x - max <= 0: within 1 ulp of exp on [-86.5, 0], the bits of `exp32` wherever
+    its 2**(n-1) is normal, zero from -86.5 down (-inf included), NaN kept."""
+    import numba
+
+    from npggml.ops.fast._common import exp32, exp32_neg
+
+    @numba.njit
+    def run(x, out, neg):
+        for i in range(x.shape[0]):
+            out[i] = exp32_neg(x[i]) if neg else exp32(x[i])
+
+    x = np.concatenate([np.linspace(np.nextafter(np.float32(-86.5), 0), 0, 1_000_003, dtype=np.float32),
+                        np.float32(-1) * np.logspace(-30, 1, 10_000, dtype=np.float32)])
+    out, old = np.empty_like(x), np.empty_like(x)
+    run(x, out, True)
+    run(x, old, False)
+    exact = np.exp(x.astype(np.float64))
+    ulps = np.abs(out - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 1.0, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
+    normal = x > -86.3
+    np.testing.assert_array_equal(out[normal], old[normal])
+    special = np.array([0.0, -0.0, -86.5, -200.0, -np.inf, np.nan], np.float32)
+    got = np.empty_like(special)
+    run(special, got, True)
+    np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.nan])
+
+
 def test_v_expf_bitwise_with_reference():
     """ggml's SIMD exp as the fast kernels inline it (no table, saturation by selects) gives the reference
     emulation's bits on its whole range, at the saturation edges and for the special values."""

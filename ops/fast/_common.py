@@ -79,6 +79,21 @@ def exp32(x):
 
 
 @helper
+def exp32_neg(x):
+    """`exp32` for x <= 0 or NaN (a softmax's x - max): without the overflow clamp and select, and with 2**n
+    built directly (n <= 0) instead of 2**(n-1) times 2, the SAM attention's exponential pass runs ~20 % faster.
+    The same bits as `exp32` wherever 2**(n-1) is a normal float (x > -86.3), closer to exp below that."""
+    xc = x if x > _EXP_LO else _EXP_LO
+    z = fmaf(xc, _LOG2E, _SHIFT)
+    n = z - _SHIFT
+    r = fmaf(n, -_LN2_LO, fmaf(n, -_LN2_HI, xc))
+    p = fmaf(fmaf(fmaf(fmaf(fmaf(fmaf(fmaf(_E7, r, _E6), r, _E5), r, _E4), r, _E3), r, _E2), r, _ONE32), r, _ONE32)
+    e = p * _i32_as_f32((_f32_as_i32(z) + 127) << 23)
+    e = e if x > _EXP_LO else F32(0.0)
+    return e if x == x else x
+
+
+@helper
 def onto(src, dst):
     """dst = src unless they are the same memory, so that a kernel can go on reading and writing dst alone: LLVM
     vectorises a two-array loop only after checking that the arrays do not overlap, and for the same array twice

@@ -17,12 +17,12 @@ operands as views of the nodes' buffers (copying q, k and the bias factors first
 as slow on a page: copies of q and k of up to 31 MiB a layer, and some windowed layers then took 0.52-0.63 s
 instead of 0.07-0.12), computes its scores key-major with one single-threaded sgemm (`k @ q_block^T`, batched over
 the task's heads), then two Numba passes that run across the queries: the max of the scaled and biased scores (read
-only), then their exponentials in place with each query's double sum (keys in order; `exp32`, within 1 ulp of exp),
-multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and
-writes each query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before the
-product: the same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes
-head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever
-ggml kernel they reproduce (one head's scores).
+only), then their exponentials in place with each query's double sum (keys in order; `exp32_neg`, within 1 ulp of
+exp), multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these
+shapes) and writes each query's 64 outputs times 1/sum into the result (the reference normalises the
+probabilities before the product: the same value to float32 rounding). Memory: one task's scores per thread.
+Under ggml numerics it goes head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax,
+so that it reproduces whatever ggml kernel they reproduce (one head's scores).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 from npggml.graph.tensor import Tensor, packed_nb
 from npggml.ops import registry
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, exp32, is_f32, kernel
+from npggml.ops.fast._common import F32, F64, exp32_neg, is_f32, kernel
 from npggml.ops.fast.softmax import softmax_row_ggml
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
@@ -149,7 +149,7 @@ def _exp_cols(sT, rwT, rhT, scale, colmax, acc):
             row = sT[kh * W + kw]
             wr = rwT[kw]
             for c in range(qb):
-                row[c] = exp32(row[c] * scale + (wr[c] + hr[c]) - colmax[c])
+                row[c] = exp32_neg(row[c] * scale + (wr[c] + hr[c]) - colmax[c])
             np.add(acc, row, acc)
 
 

@@ -1,7 +1,7 @@
 """soft_max_ext: scale, mask (broadcast over dims 2/3, extra mask rows ignored), ALiBi slope, row softmax with the
 sum accumulated in double. Under ggml numerics the exponentials are ggml's SIMD exp on blocks of 16 (libm expf on
 the tail) and each block's sum is reduced in float32 first, as `_libm.vec_soft_max_f32`; under exact numerics
-one pass per row with `exp32` (the reference uses NumPy's float32 exp: within 1e-5, not bitwise)."""
+one pass per row with `exp32_neg` (the reference uses NumPy's float32 exp: within 1e-5, not bitwise)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from npggml.ops.attention import alibi_slopes
 from npggml.ops.fast._common import (
     F32,
     F64,
-    exp32,
+    exp32_neg,
     helper,
     is_f32,
     kernel,
@@ -101,8 +101,8 @@ def sum64(v):
 @kernel
 def _soft_max(a, m, slopes, scale, y, ggml):
     """soft_max_ext in one pass per row: y = a*scale + slope*mask (m may be None-shaped (1,1,1,0), broadcast
-    over dims 2/3 by modulo), its max, then under ggml numerics `exp_sum_ggml`, else `exp32` (within 1 ulp of
-    exp; NumPy's float32 exp is scalar on AVX2 machines) with `sum64`; times float32(1/double sum)."""
+    over dims 2/3 by modulo), its max, then under ggml numerics `exp_sum_ggml`, else `exp32_neg` (within 1 ulp
+    of exp; NumPy's float32 exp is scalar on AVX2 machines) with `sum64`; times float32(1/double sum)."""
     n3, n2, n1, n0 = a.shape
     m3, m2 = m.shape[0], m.shape[1]
     has_mask = m.shape[3] > 0
@@ -116,7 +116,7 @@ def _soft_max(a, m, slopes, scale, y, ggml):
         else:
             mx = row_max(yr)
             for i in range(n0):
-                yr[i] = exp32(yr[i] - mx)
+                yr[i] = exp32_neg(yr[i] - mx)
             scale_row(yr, sum64(yr))
 
 
