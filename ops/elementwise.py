@@ -219,6 +219,27 @@ for _name, _fn in UNARY.items():
     globals()[_name] = _unary(_name, _fn)
 
 
+BIAS_ACTS = ("gelu_erf", "gelu_quick")
+
+
+@op("add_act", ggml="ADD_ACT", srcs=2, flops=lambda n: 9 * n.nelements)
+def add_act(a, b, act):
+    """Fused `act(add(a, b))`, b one row: a linear layer's bias and then its activation (`act` in BIAS_ACTS), as
+    `npggml.graph.fuse.fuse_bias_act` finds them in the graph: one pass over the rows instead of two."""
+    require(act in BIAS_ACTS, f"act must be one of {', '.join(BIAS_ACTS)}, got {act!r}")
+    require(a.dtype == "f32" and a.is_contiguous_rows(), f"a must be F32 with contiguous rows, got {a.dtype}")
+    require(b.dtype == "f32" and b.ne == (a.ne[0], 1, 1, 1),
+            f"b must be one F32 row of {a.ne[0]}, got {b.dtype} {b.ne_str()}")
+    return Out(a.ne, a.dtype)
+
+
+@add_act.kernel
+def _add_act(out, a, b, act):
+    """The replaced add's and activation's reference kernels in order: the unfused graph's value, bit for bit."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return UNARY[act](_f32(a) + _f32(b).reshape(-1))
+
+
 # --- GLU -------------------------------------------------------------------------------------------
 
 

@@ -69,9 +69,39 @@ def rms_norm(a, eps):
 
 @rms_norm.kernel
 def _rms_norm(out, a, eps):
+    return _rms_norm_rows(a, eps)
+
+
+def _rms_norm_rows(a: np.ndarray, eps: float) -> np.ndarray:
     sq = (a * a).astype(np.float64)  # products rounded to float, summed in double
     ms = (sq.sum(axis=-1, keepdims=True) / a.shape[-1]).astype(F32)
     return a * (F32(1) / np.sqrt(ms + F32(eps)))
+
+
+def _norm_affine_flops(n) -> float:
+    """The replaced nodes' flops: the norm's (5 or rms 3 per element), the mul's and the add's (1 each)."""
+    return ((3 if n.params["rms"] else 5) + 1 + (n.srcs[2] is not None)) * n.nelements
+
+
+@op("norm_affine", ggml="NORM_AFFINE", srcs=3, flops=_norm_affine_flops)
+def norm_affine(a, w, b, eps, rms=False):
+    """Fused `add(mul(norm(a), w), b)` (`rms`: `rms_norm`; b may be None: no add), w and b one row each, as
+    `npggml.graph.fuse.fuse_norm_affine` finds them in the graph (the layer norms' scale and shift)."""
+    require(a.dtype == "f32", f"norm_affine is F32 only, got {a.dtype}")
+    for what, t in (("w", w), ("b", b)):
+        if t is None and what == "b":
+            continue
+        got = "none" if t is None else f"{t.dtype} {t.ne_str()}"
+        require(t is not None and t.dtype == "f32" and t.ne == (a.ne[0], 1, 1, 1),
+                f"{what} must be one F32 row of {a.ne[0]}, got {got}")
+    return Out(a.ne, a.dtype)
+
+
+@norm_affine.kernel
+def _norm_affine(out, a, w, b, eps, rms=False):
+    """The replaced nodes' reference kernels in order: the unfused graph's value, bit for bit."""
+    y = (_rms_norm_rows if rms else _norm_rows)(a, eps) * w.reshape(-1)
+    return y if b is None else y + b.reshape(-1)
 
 
 @op("group_norm", ggml="GROUP_NORM", flops=lambda n: 5 * n.nelements)

@@ -415,6 +415,25 @@ def _norm(draw, op):
     return Case(op, [draw(src(draw(ne4(max_side=8)), "f32", "any" if op == "norm" else "rows"))], {"eps": eps})
 
 
+@strategy("norm_affine")
+@st.composite
+def _norm_affine(draw, op):
+    ne = draw(ne4(max_side=8))
+    rms = draw(st.booleans())
+    a = draw(src(ne, "f32", "rows" if rms else "any"))
+    w = draw(src((ne[0], 1, 1, 1), "f32", "contig"))
+    b = draw(st.none() | src((ne[0], 1, 1, 1), "f32", "contig"))
+    return Case(op, [a, w, b], {"eps": draw(st.sampled_from([1e-6, 1e-5, 0.1])), "rms": rms})
+
+
+@strategy("add_act")
+@st.composite
+def _add_act(draw, op):
+    ne = draw(ne4())
+    return Case(op, [draw(src(ne, "f32", "rows")), draw(src((ne[0], 1, 1, 1), "f32", "contig"))],
+                {"act": draw(st.sampled_from(["gelu_erf", "gelu_quick"]))})
+
+
 @strategy("group_norm")
 @st.composite
 def _group_norm(draw, op):

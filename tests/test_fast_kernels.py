@@ -33,7 +33,8 @@ _ran_fast: dict[tuple[str, str], int] = {}
 
 def test_fast_ops_found():
     expected = {"mul_mat", "soft_max_ext", "norm", "rms_norm", "gelu", "gelu_erf", "gelu_quick", "silu",
-                "swiglu_split", "add", "mul", "cont", "concat", "rope_ext", "im2col", "sam_rel_attn"}
+                "swiglu_split", "add", "mul", "cont", "concat", "rope_ext", "im2col", "sam_rel_attn",
+                "norm_affine", "add_act"}
     assert expected <= set(FAST_OPS)
 
 

@@ -1,4 +1,5 @@
-"""The SAM attention fusion pass: fused graph == unfused graph, and it finds exactly the expected patterns."""
+"""The fusion passes (SAM attention, layer-norm affine): fused graph == unfused graph, and they find exactly the
+expected patterns."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from npggml.graph.context import Context
-from npggml.graph.fuse import fuse, fuse_sam_attention
+from npggml.graph.fuse import fuse, fuse_bias_act, fuse_norm_affine, fuse_sam_attention
 from npggml.graph.graph import Graph
 from npggml.graph.interp import Interpreter
 from npggml.models.clip import ClipGraph
@@ -121,13 +122,17 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     n_layers = model.hparams.sam_n_layer
     assert expected == n_layers * (1 if grid is None else 2)
     before = [n.op for n in page.graph.nodes].count("soft_max_ext")
+    n_norms = sum(n.op in ("norm", "rms_norm") for n in page.graph.nodes)
+    n_acts = sum(n.op in ("gelu_erf", "gelu_quick") for n in page.graph.nodes)
     report = {}
     graph = fuse(page.graph, report=report)
-    assert report == {"sam_attention": expected}
+    # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
+    assert report == {"sam_attention": expected, "norm_affine": n_norms, "bias_act": n_acts}
     ops = [n.op for n in graph.nodes]
+    assert "norm" not in ops and "rms_norm" not in ops and ops.count("norm_affine") == n_norms
     assert ops.count("sam_rel_attn") == expected
     assert ops.count("soft_max_ext") == before - expected > 0
-    assert fuse_sam_attention(graph) == 0  # nothing left to match
+    assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
 
 
 @pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False)])
@@ -146,3 +151,101 @@ def test_encoder_fuse_switch(mode, fast):
         assert np.abs(a.embeddings - b.embeddings).max() <= 1e-5 * np.abs(b.embeddings).max()
     else:
         np.testing.assert_array_equal(a.embeddings, b.embeddings)
+
+
+def norm_affine_graph(rms: bool, bias: bool, ne=(24, 5, 3, 2), seed: int = 0, row_w: bool = True):
+    """`add(mul(norm(a), w), b)` as `ClipGraph.build_norm` builds it (a permuted, non-contiguous a)."""
+    rng = np.random.default_rng(seed)
+    ctx = Context()
+    a = ctx.input("f32", (ne[1], ne[0], ne[2], ne[3]), "a")
+    w = ctx.input("f32", (ne[0], 1, 1, 1) if row_w else ne, "w")
+    b = ctx.input("f32", (ne[0], 1, 1, 1), "b") if bias else None
+    values = {t: (rng.standard_normal(tuple(reversed(t.ne))) * 3 + 1).astype(F32) for t in (a, w, b) if t is not None}
+    x = ctx.permute(a, 1, 0, 2, 3)
+    cur = ctx.rms_norm(ctx.cont(x), 1e-6) if rms else ctx.norm(x, 1e-5)  # rms_norm wants unit-stride rows
+    cur = ClipGraph.cb(ctx.mul(cur, w), "norm_w", 3)
+    if bias:
+        cur = ClipGraph.cb(ctx.add(cur, b), "norm_b", 3)
+    return cur, values
+
+
+@pytest.mark.parametrize("rms,bias", [(False, True), (True, False), (False, False), (True, True)])
+def test_norm_affine_fused_equals_unfused(rms, bias):
+    """Reference kernels: the fused op gives the unfused graph's bits. Fast kernels: the fused kernel gives the
+    unfused fast kernels' bits too (no fma, the same sums), and both are within 1e-5 of the reference."""
+    out, values = norm_affine_graph(rms, bias)
+    g0 = Graph(out)
+    results = {}
+    for fast in (False, True):
+        (results[fast, False],) = Interpreter(g0, numerics="exact", fast=fast).run(values)
+    out, values = norm_affine_graph(rms, bias)
+    report = {}
+    g1 = fuse(Graph(out), report=report)
+    assert report["norm_affine"] == 1
+    (node,) = g1.nodes[-1:]
+    assert node.op == "norm_affine" and node.name == ("norm_b-3" if bias else "norm_w-3")
+    assert [n.op for n in g1.nodes] == ["permute"] + ["cont"] * rms + ["norm_affine"]
+    for fast in (False, True):
+        it = Interpreter(g1, numerics="exact", fast=fast)
+        (results[fast, True],) = it.run(values)
+        assert it.kernel_used[-1] == ("fast" if fast else "ref")
+    np.testing.assert_array_equal(results[False, True], results[False, False])
+    np.testing.assert_array_equal(results[True, True], results[True, False])
+    ref = results[False, False]
+    assert np.abs(results[True, True] - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_norm_affine_pass_skips():
+    """Not fused: a weight that is not one row (a full tensor), a norm another node also reads. A mul whose value
+    another node also reads fuses without its add."""
+    out, _ = norm_affine_graph(False, True, row_w=False)
+    assert fuse_norm_affine(Graph(out)) == 0
+    out, _ = norm_affine_graph(False, True)
+    norm = out.srcs[0].srcs[0]
+    ctx = Context()
+    assert fuse_norm_affine(Graph(ctx.add(out, ctx.sum_rows(norm)))) == 0
+    out, _ = norm_affine_graph(False, True)
+    mul = out.srcs[0]
+    graph = Graph(ctx.add(out, ctx.sum_rows(mul)))
+    assert fuse_norm_affine(graph) == 1 and mul.op == "norm_affine" and out.op == "add"
+
+
+def bias_act_graph(act: str, ne=(40, 7, 3, 1), seed: int = 0):
+    """`act(add(mul_mat(w, x), b))` as `ClipGraph.build_ffn` builds a linear layer with bias and activation."""
+    rng = np.random.default_rng(seed)
+    ctx = Context()
+    w = ctx.input("f32", (16, ne[0]), "w")
+    x = ctx.input("f32", (16, *ne[1:]), "x")
+    b = ctx.input("f32", (ne[0], 1, 1, 1), "b")
+    values = {t: (rng.standard_normal(tuple(reversed(t.ne))) * 0.7).astype(F32) for t in (w, x, b)}
+    cur = ClipGraph.cb(ctx.add(ctx.mul_mat(w, x), b), "ffn_up_b", 2)
+    return ClipGraph.cb(getattr(ctx, act)(cur), f"ffn_{act}", 2), values
+
+
+@pytest.mark.parametrize("numerics", ["exact", "ggml"])
+@pytest.mark.parametrize("act", ["gelu_erf", "gelu_quick"])
+def test_bias_act_fused_equals_unfused(act, numerics):
+    """The fused bias + activation gives the unfused graph's bits, with the reference kernels and with the fast
+    ones (the bias added in float before the same activation code)."""
+    out, values = bias_act_graph(act)
+    g0 = Graph(out)
+    out, values1 = bias_act_graph(act)
+    report = {}
+    g1 = fuse(Graph(out), report=report)
+    assert report["bias_act"] == 1
+    assert [n.op for n in g1.nodes] == ["mul_mat", "add_act"] and g1.nodes[-1].name == f"ffn_{act}-2"
+    for fast in (False, True):
+        (unfused,) = Interpreter(g0, numerics=numerics, fast=fast).run(values)
+        it = Interpreter(g1, numerics=numerics, fast=fast)
+        (fused,) = it.run(values1)
+        assert it.kernel_used[-1] == ("fast" if fast else "ref")
+        np.testing.assert_array_equal(fused, unfused)
+
+
+def test_bias_act_pass_skips():
+    """Not fused: a sum another node also reads, a bias that is not one row."""
+    out, _ = bias_act_graph("gelu_erf")
+    ctx = Context()
+    assert fuse_bias_act(Graph(ctx.add(out, out.srcs[0]))) == 0
+    x = ctx.input("f32", (8, 3), "x")
+    assert fuse_bias_act(Graph(ctx.gelu_erf(ctx.add(x, ctx.input("f32", (8, 3), "b"))))) == 0

@@ -103,15 +103,22 @@ def _fix(y, flag):
 
 
 @kernel
-def gelu_erf_exact(x, y):
-    """y = 0.5 x (1 + erf(x / sqrt 2)) for 4-D float32 x, rows in parallel (y may be x)."""
+def gelu_erf_exact(x, y, bias):
+    """y = 0.5 x (1 + erf(x / sqrt 2)) for 4-D float32 x, rows in parallel (y may be x); with a non-empty bias
+    row, of x + bias (each sum rounded to float, as an add node would)."""
     n3, n2, n1, n0 = x.shape
     for r in numba.prange(n3 * n2 * n1):
         i3, i2, i1 = row_of(r, n2, n1)
         flag = np.empty(n0, np.uint8)
         xr = x[i3, i2, i1]
         yr = y[i3, i2, i1]
-        if xr.ctypes.data == yr.ctypes.data:  # in place, LLVM's alias check takes the scalar loop (3x slower)
-            xr = xr.copy()
-        gelu_erf_row(xr, yr, flag)
+        if bias.shape[0] > 0:
+            xb = np.empty(n0, F32)
+            for i in range(n0):
+                xb[i] = xr[i] + bias[i]
+            gelu_erf_row(xb, yr, flag)
+        elif xr.ctypes.data == yr.ctypes.data:  # in place, LLVM's alias check takes the scalar loop (3x slower)
+            gelu_erf_row(xr.copy(), yr, flag)
+        else:
+            gelu_erf_row(xr, yr, flag)
         _fix(yr, flag)
