@@ -222,7 +222,7 @@ for _name, _fn in UNARY.items():
 BIAS_ACTS = ("gelu_erf", "gelu_quick")
 
 
-@op("add_act", ggml="ADD_ACT", srcs=2, flops=lambda n: 9 * n.nelements)
+@op("add_act", ggml="ADD_ACT", srcs=2, inplace=True, flops=lambda n: 9 * n.nelements)
 def add_act(a, b, act):
     """Fused `act(add(a, b))`, b one row: a linear layer's bias and then its activation (`act` in BIAS_ACTS), as
     `npggml.graph.fuse.fuse_bias_act` finds them in the graph: one pass over the rows instead of two."""

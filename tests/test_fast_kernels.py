@@ -271,7 +271,8 @@ def test_split_product_equals_one_product(m, k, n):
 
 @pytest.mark.parametrize("numerics_name", ["exact", "ggml"])
 @pytest.mark.parametrize("op", ["gelu_quick", "gelu_erf", "gelu", "silu", "soft_max_ext", "soft_max_ext+mask",
-                                "swiglu_split", "swiglu_split+gate"])
+                                "swiglu_split", "swiglu_split+gate", "add_act+gelu_erf", "add_act+gelu_quick",
+                                "rms_norm"])
 def test_in_place_equals_out_of_place(op, numerics_name):
     """The graph allocator runs these ops in place (dst is the source's buffer); the kernels take another loop
     there (one array, so that it vectorises) which must give the same bits."""
@@ -284,6 +285,11 @@ def test_in_place_equals_out_of_place(op, numerics_name):
     if name == "soft_max_ext":
         mask = (rng.standard_normal((1, 1, 40, 131)) * 2).astype(np.float32) if extra else None
         args = (mask, 0.125, 0.0)
+    row = rng.standard_normal((1, 1, 1, 131)).astype(np.float32)
+    if name == "add_act":
+        args = (row, extra)
+    if name == "rms_norm":
+        args = (1e-6,)
     d = registry.get(name)
     gate = (rng.standard_normal(x.shape) * 2).astype(np.float32)
     with numerics(numerics_name), np.errstate(all="ignore"):

@@ -160,7 +160,8 @@ def norm_affine_graph(rms: bool, bias: bool, ne=(24, 5, 3, 2), seed: int = 0, ro
     a = ctx.input("f32", (ne[1], ne[0], ne[2], ne[3]), "a")
     w = ctx.input("f32", (ne[0], 1, 1, 1) if row_w else ne, "w")
     b = ctx.input("f32", (ne[0], 1, 1, 1), "b") if bias else None
-    values = {t: (rng.standard_normal(tuple(reversed(t.ne))) * 3 + 1).astype(F32) for t in (a, w, b) if t is not None}
+    values = {t: (rng.standard_normal(tuple(reversed(t.ne))) * 3 + 1).astype(F32)
+              for t in (a, w, b) if t is not None}
     x = ctx.permute(a, 1, 0, 2, 3)
     cur = ctx.rms_norm(ctx.cont(x), 1e-6) if rms else ctx.norm(x, 1e-5)  # rms_norm wants unit-stride rows
     cur = ClipGraph.cb(ctx.mul(cur, w), "norm_w", 3)
