@@ -14,7 +14,7 @@ import numpy as np
 
 from npggml.ops._libm import erff, expf, fma32, tanhf, v_silu_rows
 from npggml.ops._special import erf
-from npggml.ops.registry import Out, ggml_numerics, op, require
+from npggml.ops.registry import Out, ggml_numerics, op, require, require_row
 
 F32 = np.float32
 
@@ -228,8 +228,7 @@ def add_act(a, b, act):
     `npggml.graph.fuse.fuse_bias_act` finds them in the graph: one pass over the rows instead of two."""
     require(act in BIAS_ACTS, f"act must be one of {', '.join(BIAS_ACTS)}, got {act!r}")
     require(a.dtype == "f32" and a.is_contiguous_rows(), f"a must be F32 with contiguous rows, got {a.dtype}")
-    require(b.dtype == "f32" and b.ne == (a.ne[0], 1, 1, 1),
-            f"b must be one F32 row of {a.ne[0]}, got {b.dtype} {b.ne_str()}")
+    require_row(b, a.ne[0], "b")
     return Out(a.ne, a.dtype)
 
 

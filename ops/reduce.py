@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from npggml.ops._libm import reduce_add16
-from npggml.ops.registry import Out, op, require
+from npggml.ops.registry import Out, op, require, require_row
 
 F32 = np.float32
 
@@ -88,12 +88,9 @@ def norm_affine(a, w, b, eps, rms=False):
     """Fused `add(mul(norm(a), w), b)` (`rms`: `rms_norm`; b may be None: no add), w and b one row each, as
     `npggml.graph.fuse.fuse_norm_affine` finds them in the graph (the layer norms' scale and shift)."""
     require(a.dtype == "f32", f"norm_affine is F32 only, got {a.dtype}")
-    for what, t in (("w", w), ("b", b)):
-        if t is None and what == "b":
-            continue
-        got = "none" if t is None else f"{t.dtype} {t.ne_str()}"
-        require(t is not None and t.dtype == "f32" and t.ne == (a.ne[0], 1, 1, 1),
-                f"{what} must be one F32 row of {a.ne[0]}, got {got}")
+    require_row(w, a.ne[0], "w")
+    if b is not None:
+        require_row(b, a.ne[0], "b")
     return Out(a.ne, a.dtype)
 
 

@@ -54,6 +54,13 @@ def require(cond: bool, msg: str) -> None:
         raise RuleError(msg)
 
 
+def require_row(t, n0: int, what: str) -> None:
+    """t is one F32 row of n0 (`[n0, 1, 1, 1]`): a fused op's weight or bias."""
+    got = "none" if t is None else f"{t.dtype} {t.ne_str()}"
+    require(t is not None and t.dtype == "f32" and t.ne == (n0, 1, 1, 1), f"{what} must be one F32 row of {n0}, "
+            f"got {got}")
+
+
 @dataclass
 class Out:
     """What a shape rule returns.

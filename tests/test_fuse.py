@@ -1,5 +1,5 @@
-"""The fusion passes (SAM attention, layer-norm affine): fused graph == unfused graph, and they find exactly the
-expected patterns."""
+"""The fusion passes (SAM attention, layer-norm affine, bias + activation): fused graph == unfused graph, and they
+find exactly the expected patterns."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_norm_affine_fused_equals_unfused(rms, bias):
     report = {}
     g1 = fuse(Graph(out), report=report)
     assert report["norm_affine"] == 1
-    (node,) = g1.nodes[-1:]
+    node = g1.nodes[-1]
     assert node.op == "norm_affine" and node.name == ("norm_b-3" if bias else "norm_w-3")
     assert [n.op for n in g1.nodes] == ["permute"] + ["cont"] * rms + ["norm_affine"]
     for fast in (False, True):

@@ -176,6 +176,15 @@ def f16_bits(u):
     return sign | r
 
 
+NO_ROW = np.zeros(0, F32)  # a kernel's optional weight / bias row, absent
+
+
+def as_row(t: np.ndarray | None) -> np.ndarray:
+    """A `[1, 1, 1, n]` operand (a weight or bias row) as the 1-D contiguous array the row kernels take, or
+    `NO_ROW` for None."""
+    return NO_ROW if t is None else np.ascontiguousarray(t).reshape(-1)
+
+
 def is_f32(*arrays) -> bool:
     return all(a is not None and a.dtype == F32 for a in arrays)
 

@@ -9,10 +9,8 @@ import numba
 import numpy as np
 
 from npggml.ops import registry
-from npggml.ops.fast._common import F32, F64, helper, is_f32, kernel, onto, reduce_add16, row_of
+from npggml.ops.fast._common import F32, F64, NO_ROW, as_row, helper, is_f32, kernel, onto, reduce_add16, row_of
 from npggml.ops.fast.softmax import sum64
-
-_NONE = np.zeros(0, F32)
 
 
 @helper
@@ -82,19 +80,18 @@ def _norm(x, eps, rms, w, b, y):
 def norm_fast(dst, out, a, eps):
     if not is_f32(a, dst):
         return NotImplemented
-    _norm(a, F32(eps), False, _NONE, _NONE, dst)
+    _norm(a, F32(eps), False, NO_ROW, NO_ROW, dst)
 
 
 @registry.get("rms_norm").fast_kernel
 def rms_norm_fast(dst, out, a, eps):
     if not is_f32(a, dst):
         return NotImplemented
-    _norm(a, F32(eps), True, _NONE, _NONE, dst)
+    _norm(a, F32(eps), True, NO_ROW, NO_ROW, dst)
 
 
 @registry.get("norm_affine").fast_kernel
 def norm_affine_fast(dst, out, a, w, b, eps, rms=False):
     if not is_f32(a, w, dst) or b is not None and not is_f32(b):
         return NotImplemented
-    _norm(a, F32(eps), rms, np.ascontiguousarray(w).reshape(-1),
-          _NONE if b is None else np.ascontiguousarray(b).reshape(-1), dst)
+    _norm(a, F32(eps), rms, as_row(w), as_row(b), dst)

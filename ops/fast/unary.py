@@ -14,6 +14,8 @@ from npggml.ops.elementwise import GELU_COEF_A, GELU_QUICK_COEF, SQRT_2_INV, SQR
 from npggml.ops.fast._common import (
     F32,
     F64,
+    NO_ROW,
+    as_row,
     exp32,
     f16_bits,
     fmaf,
@@ -38,7 +40,6 @@ def _table(name: str) -> np.ndarray:
 
 
 _EMPTY = np.zeros(1, F32)
-_NONE = np.zeros(0, F32)  # no bias row
 
 
 @helper
@@ -145,10 +146,10 @@ def _make_unary(name: str):
             return NotImplemented
         kind, table = _kind(name)
         if kind == GELU_ERF:  # exact numerics: the vectorised erf with a libm fix-up (same bits)
-            gelu_erf_exact(a, dst, _NONE)
+            gelu_erf_exact(a, dst, NO_ROW)
             return None
         if kind == GELU_QUICK:
-            _gelu_quick_exp32(a, dst, _NONE)
+            _gelu_quick_exp32(a, dst, NO_ROW)
             return None
         _unary(a, a.view(np.uint32), kind, table, dst)
 
@@ -167,7 +168,7 @@ def add_act_fast(dst, out, a, b, act):
     if not is_f32(a, b, dst):
         return NotImplemented
     kind, table = _kind(act)
-    bias = np.ascontiguousarray(b).reshape(-1)
+    bias = as_row(b)
     if kind == GELU_ERF:
         gelu_erf_exact(a, dst, bias)
     elif kind == GELU_QUICK:
