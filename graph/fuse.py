@@ -14,12 +14,17 @@ Passes:
   node keeps the name of the node it replaces (`norm_b-3`, `ffn_inp_normed-3`): the same value, bit for bit.
 - `fuse_bias_act`: a linear layer's bias and activation, `gelu_erf(add(x, b))` (or `gelu_quick`) with b one row
   -> `add_act(x, b, act)`, named as the activation node (`ffn_gelu_erf-3`): one pass instead of two.
+- `elide_copies`: an operand of `sam_rel_attn` or `cont` that is a copy (`cont`), or a reshape / permute / view
+  of one, re-read as one strided view of the tensor the copy was taken from, when that is possible: SAM's q, k
+  and v then read the qkv product itself, and their four copies a layer (q, k, v, v transposed) drop out. The
+  reading node gets the same values, bit for bit; only where it reads them from changes.
 """
 
 from __future__ import annotations
 
 import re
 
+from npggml.graph.context import Context
 from npggml.graph.graph import Graph
 from npggml.graph.tensor import OUTPUT, Tensor
 from npggml.ops import registry
@@ -150,7 +155,105 @@ def fuse_bias_act(graph: Graph) -> int:
     return n
 
 
-PASSES = {"sam_attention": fuse_sam_attention, "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act}
+Layout = tuple[Tensor, tuple, tuple, int]  # base, ne, nb, byte offset: the value as a strided view of base
+
+
+def strided_layout(t: Tensor) -> Layout | None:
+    """t's value as a strided f32 view of a tensor that is not a copy, looking through `cont` nodes (a cont has its
+    source's value) and views of them; None where a step is not a strided re-reading (a reshape that merges dims a
+    copy had made adjacent, say)."""
+    if t.dtype != "f32":
+        return None
+    if t.op == "cont" and not t.is_view:
+        src = t.srcs[0]
+        return strided_layout(src) if src.dtype == t.dtype and src.ne == t.ne else None
+    if not t.is_view:
+        return t, t.ne, t.nb, 0
+    if t.view_src.op != "cont":
+        return t.view_src, t.ne, t.nb, t.view_offs
+    inner = strided_layout(t.view_src)
+    if inner is None:
+        return None
+    base, xne, xnb, xoff = inner
+    # the copy is packed: its element index i is x's element with digits (i // c[j]) % xne[j]
+    c = [1, xne[0], xne[0] * xne[1], xne[0] * xne[1] * xne[2]]
+    if t.view_offs % 4 or any(nb % 4 for nb in t.nb):
+        return None
+    first = [(t.view_offs // 4 // c[j]) % xne[j] for j in range(4)]
+    last = list(first)
+    nb = []
+    for ne, step in zip(t.ne, (b // 4 for b in t.nb)):
+        if ne == 1:
+            nb.append(None)
+            continue
+        j = next((j for j in range(3, -1, -1) if xne[j] > 1 and 0 < c[j] <= step), None)
+        if j is None or step % c[j]:
+            return None
+        last[j] += step // c[j] * (ne - 1)
+        nb.append(step // c[j] * xnb[j])
+    if any(hi >= n for hi, n in zip(last, xne)):  # a step would carry into the next dim of x
+        return None
+    offset = xoff + sum(f * b for f, b in zip(first, xnb))
+    for k in range(4):  # size-1 dims: any stride addresses the same bytes; take the packed one
+        if nb[k] is None:
+            nb[k] = 4 if k == 0 else nb[k - 1] * t.ne[k - 1]
+    return base, t.ne, tuple(nb), offset
+
+
+def view_of(layout: Layout, name: str) -> Tensor | None:
+    """A view node with `layout` (ggml views have unit-stride rows: a view_4d over the dims ordered with a
+    unit-stride one first, or one of size 1, then a permute back), or None if there is neither."""
+    base, ne, nb, offset = layout
+    unit = next((k for k in range(4) if nb[k] == 4 and ne[k] > 1), None)
+    if unit is None:
+        unit = next((k for k in range(4) if ne[k] == 1), None)
+        if unit is None:
+            return None
+        nb = tuple(4 if k == unit else b for k, b in enumerate(nb))
+    order = [unit] + [k for k in range(4) if k != unit]
+    ctx = Context()
+    v = ctx.view_4d(base, *(ne[k] for k in order), *(nb[k] for k in order[1:]), offset)
+    if order != [0, 1, 2, 3]:
+        v = ctx.permute(v, *order)
+    assert v.ne == ne and v.nb == nb, (v.ne, v.nb, ne, nb)
+    return v.set_name(name)
+
+
+# which sources of which ops may be any strided view (their kernels take strided operands)
+STRIDED_READERS = {"sam_rel_attn": (0, 1, 2), "cont": (0,)}
+
+
+def _reads_a_copy(t: Tensor) -> bool:
+    return t.op == "cont" or (t.is_view and t.view_src.op == "cont")
+
+
+def elide_copies(graph: Graph) -> int:
+    """Point every operand in `STRIDED_READERS` that reads a copy at the copied tensor itself (`strided_layout`);
+    returns the number of operands rewritten in nodes that are still needed (a copy can itself read a copy, and
+    drop out once its reader reads past it). Copies nothing else reads then drop out of the graph."""
+    rewritten: dict[int, int] = {}
+    for node in list(graph.nodes):
+        which = STRIDED_READERS.get(node.op, ())
+        srcs = list(node.srcs)
+        for i in which:
+            s = srcs[i]
+            if s is None or not _reads_a_copy(s):
+                continue
+            layout = strided_layout(s)
+            v = view_of(layout, s.name) if layout is not None else None
+            if v is not None:
+                srcs[i] = v
+        if srcs == list(node.srcs):
+            continue
+        res = registry.get(node.op).rule(*srcs, **node.params)
+        if tuple(res.ne) == node.ne and res.dtype == node.dtype:
+            rewritten[id(node)] = sum(a is not b for a, b in zip(srcs, node.srcs))
+            node.srcs = tuple(srcs)
+    return sum(rewritten.get(id(t), 0) for t in Graph(graph.outputs).nodes) if rewritten else 0
+
+
+PASSES = {"sam_attention": fuse_sam_attention, "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act,
+          "copies": elide_copies}
 
 
 def fuse(graph: Graph, passes=None, report: dict | None = None) -> Graph:

@@ -1,5 +1,5 @@
-"""The fusion passes (SAM attention, layer-norm affine, bias + activation): fused graph == unfused graph, and they
-find exactly the expected patterns."""
+"""The fusion passes (SAM attention, layer-norm affine, bias + activation, copy elision): fused graph == unfused
+graph, and they find exactly the expected patterns."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
+from npggml.graph import fuse as passes
 from npggml.graph.context import Context
 from npggml.graph.fuse import fuse, fuse_bias_act, fuse_norm_affine, fuse_sam_attention
 from npggml.graph.graph import Graph
@@ -124,15 +127,24 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     before = [n.op for n in page.graph.nodes].count("soft_max_ext")
     n_norms = sum(n.op in ("norm", "rms_norm") for n in page.graph.nodes)
     n_acts = sum(n.op in ("gelu_erf", "gelu_quick") for n in page.graph.nodes)
+    n_conts = [n.op for n in page.graph.nodes].count("cont")
     report = {}
     graph = fuse(page.graph, report=report)
     # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
-    assert report == {"sam_attention": expected, "norm_affine": n_norms, "bias_act": n_acts}
+    assert {k: v for k, v in report.items() if k != "copies"} == {
+        "sam_attention": expected, "norm_affine": n_norms, "bias_act": n_acts}
     ops = [n.op for n in graph.nodes]
     assert "norm" not in ops and "rms_norm" not in ops and ops.count("norm_affine") == n_norms
     assert ops.count("sam_rel_attn") == expected
     assert ops.count("soft_max_ext") == before - expected > 0
+    # q, k and v of every SAM attention read the qkv product itself: its q, k, v and v-transposed copies are gone,
+    # and so is the q copy the rel-pos products read (their own copy of q now reads the product)
+    for node in graph.nodes:
+        if node.op == "sam_rel_attn":
+            assert [t.root.op for t in node.srcs[:3]] == ["add"] * 3
+    assert report["copies"] >= 4 * expected and n_conts - ops.count("cont") >= 4 * expected
     assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
+    assert passes.elide_copies(graph) == 0
 
 
 @pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False)])
@@ -250,3 +262,76 @@ def test_bias_act_pass_skips():
     assert fuse_bias_act(Graph(ctx.add(out, out.srcs[0]))) == 0
     x = ctx.input("f32", (8, 3), "x")
     assert fuse_bias_act(Graph(ctx.gelu_erf(ctx.add(x, ctx.input("f32", (8, 3), "b"))))) == 0
+
+
+def _factor_groups(ne, cuts):
+    """A reshape of a tensor of dims `ne`: its dims' prime factors in order, cut into four groups at `cuts`."""
+    factors = []
+    for n in ne:
+        p = 2
+        while n > 1:
+            while n % p == 0:
+                factors.append(p)
+                n //= p
+            p += 1
+    bounds = [0, *sorted(c % (len(factors) + 1) for c in cuts), len(factors)]
+    return tuple(int(np.prod(factors[a:b])) for a, b in zip(bounds, bounds[1:]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_elide_copies_reads_the_same_values(data):
+    """cont(permute(reshape(cont(x)))) for x a slice or permutation of a tensor: after the pass the outer cont
+    reads x's tensor directly whenever a strided view can say which elements it reads, and its value is the same,
+    bit for bit; where no view can (a reshape merging dims that the copy made adjacent), it is left alone."""
+    ne = tuple(data.draw(st.integers(1, 6)) for _ in range(4))
+    rng = np.random.default_rng(0)
+    ctx = Context()
+    base = ctx.input("f32", ne, "base")
+    x = base
+    if data.draw(st.booleans()):  # a slice of base
+        lo = [data.draw(st.integers(0, n - 1)) for n in ne]
+        sub = [data.draw(st.integers(1, n - a)) for n, a in zip(ne, lo)]
+        x = ctx.view_4d(base, *sub, *base.nb[1:], sum(a * b for a, b in zip(lo, base.nb)))
+    x = ctx.permute(x, *data.draw(st.permutations(range(4))))
+    copy = ctx.cont(x)
+    shaped = ctx.reshape_4d(copy, *_factor_groups(copy.ne, data.draw(st.lists(st.integers(0, 20), min_size=3,
+                                                                                max_size=3))))
+    out = ctx.cont(ctx.permute(shaped, *data.draw(st.permutations(range(4)))))
+    value = rng.standard_normal(tuple(reversed(ne))).astype(F32)
+    (want,) = Interpreter(Graph(out), numerics="exact", fast=False).run({base: value})
+    layout = passes.strided_layout(out.srcs[0])
+    expressible = layout is not None and passes.view_of(layout, "") is not None
+    event(f"strided view: {expressible}")
+    graph = Graph(out)
+    assert passes.elide_copies(graph) == int(expressible)
+    graph = Graph(graph.outputs)
+    assert (copy in graph.nodes) == (not expressible)
+    (got,) = Interpreter(graph, numerics="exact", fast=False).run({base: value})
+    np.testing.assert_array_equal(got, want)
+
+
+def test_elide_copies_on_sam_operands():
+    """The SAM attention's q, k, v as strided views of the qkv input, exact with both numerics and kernels; a
+    reshape that merges a copy's permuted dims has no strided view."""
+    for numerics in ("exact", "ggml"):
+        out, inputs = sam_like_attention(5, 3, 8, 3, 2)
+        want, _, _ = _run(out, inputs, numerics, fast=False, fused=False)
+        for fast in (False, True):
+            out, inputs = sam_like_attention(5, 3, 8, 3, 2)
+            graph = Graph(out)
+            fuse_sam_attention(graph)
+            assert passes.elide_copies(graph) == 4  # q, k, v and the rel-pos products' copy of q
+            graph = Graph(graph.outputs)
+            assert [n.op for n in graph.nodes].count("cont") < 10
+            (node,) = [n for n in graph.nodes if n.op == "sam_rel_attn"]
+            assert {t.root.name for t in node.srcs[:3]} == {"qkv"}
+            (got,) = Interpreter(graph, numerics=numerics, fast=fast).run(inputs)
+            if fast:
+                assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+            else:
+                np.testing.assert_array_equal(got, want)
+    ctx = Context()
+    a = ctx.input("f32", (4, 3, 1, 1), "a")
+    merged = ctx.reshape_2d(ctx.cont(ctx.transpose(a)), 12, 1)
+    assert passes.strided_layout(merged) is None

@@ -275,7 +275,8 @@ def run(args) -> int:
             saver.close(**status)
     if args.profile:
         interp = result.interpreter
-        print(profile.report(result.page.graph, interp.times, interp.kernel_used, result.page.groups))
+        groups = {id(n): g for n, g in zip(result.page.graph.nodes, node_groups(result.page))}
+        print(profile.report(result.page.graph, interp.times, interp.kernel_used, groups))
     tail = f"traced {tracer.seen} node(s)"
     if saver is not None:
         tail += f", saved {tracer.written} file(s) to {saver.root}"

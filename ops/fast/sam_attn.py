@@ -8,7 +8,9 @@ that sub-graph with this op, which takes the two small rel-pos factors and adds 
 the fly to one block of query rows of a few heads at a time.
 
 Sources (ggml order): q `[D, Nq, H, B]`, k `[D, Nk, H, B]`, v `[Nk, D, H, B]` (the operands of the two mul_mats),
-rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw). Result `[D, Nq, H, B]` F32:
+rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw); q and k with unit-stride
+rows, v with unit-stride rows or columns (after `elide_copies` all three are views of the qkv product, v read
+transposed). Result `[D, Nq, H, B]` F32:
 exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel runs the replaced nodes'
 reference kernels in graph order (same bits as the unfused graph). The fast kernel cuts the work into tasks of
 about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's block of 128 query rows at the 1024 global view,
@@ -62,7 +64,8 @@ def sam_rel_attn(q, k, v, rel_w, rel_h, scale):
     require(rel_w.ne == (W, 1, Nq, H * B), f"rel_w {rel_w.ne_str()} must be [W, 1, Nq={Nq}, H*B={H * B}]")
     require(rel_h.ne == (1, Hh, Nq, H * B), f"rel_h {rel_h.ne_str()} must be [1, Hh, Nq={Nq}, H*B={H * B}]")
     require(W * Hh == Nk, f"rel_w width {W} x rel_h height {Hh} != Nk = {Nk} keys")
-    require(q.nb[0] == 4 and k.nb[0] == 4 and v.nb[0] == 4, "q, k and v rows must be contiguous")
+    require(q.nb[0] == 4 and k.nb[0] == 4, "q and k rows must be contiguous")
+    require(4 in (v.nb[0], v.nb[1]), "v must have rows or columns of unit stride")
     return Out((D, Nq, H, B), "f32")
 
 
