@@ -37,6 +37,7 @@ from npggml.models.page import PageBuilder, PageGraph, ViewInfo
 from npggml.models.registry import builder_for
 
 NUMERICS = {"reference": "exact", "llama.cpp": "ggml"}
+PAGES_KEPT = 4  # built page graphs an Encoder keeps for the next encode of the same grid
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Encoder:
         self.arena: Arena | None = Arena(grow=grow) if reserve else None
         self.batch_tokens = batch_tokens
         self.reservations: dict[str, Reservation] = {}
+        self._pages: dict[tuple, PageGraph] = {}  # encode's built graphs, by (grid, fuse)
 
     @property
     def numerics(self) -> str:
@@ -201,6 +203,16 @@ class Encoder:
         page.graph = self.prepare(page.graph)
         return page
 
+    def _page(self, grid: tuple[int, int] | None) -> PageGraph:
+        """`build(grid)` for encode, kept for the next page of the same grid (building and fusing a full-size page
+        takes ~0.1 s); the last PAGES_KEPT grids are kept."""
+        key = (grid, self.fuse)
+        page = self._pages.pop(key, None) or self.build(grid)
+        self._pages[key] = page
+        while len(self._pages) > PAGES_KEPT:
+            self._pages.pop(next(iter(self._pages)))
+        return page
+
     def pixel_inputs(self, page: PageGraph, views: pp.Views) -> dict:
         hp = self.model.hparams
         values = dict(page.inputs)
@@ -222,7 +234,7 @@ class Encoder:
         if views is None:
             views = self.preprocess(image, no_tiles=no_tiles)
         t1 = time.perf_counter()
-        page = self.build(views.grid)
+        page = self._page(views.grid)
         tb = time.perf_counter()
         plan = self.plan(page.graph, f"page with grid {views.grid}")  # the first call reserves the arena
         t2 = time.perf_counter()

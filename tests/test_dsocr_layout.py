@@ -1,5 +1,7 @@
 """Token layout: counts equal what the graph produces, batched tiles equal tiles encoded alone, view ranges."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fixtures_paths import MODELS
@@ -127,3 +129,23 @@ def test_v2_file_without_queries_is_a_clear_error(tmp_path):
     w.close()
     with pytest.raises(GGUFError, match="missing tensor v.resample_query_1024.weight"):
         Encoder(out, "llama.cpp")
+
+
+def test_encoder_keeps_a_built_page_for_the_next_of_its_grid():
+    """A second page of the same grid runs the graph built for the first (no rebuild), and its embeddings are those
+    a fresh Encoder gives it; another grid gets its own graph."""
+    import dataclasses
+
+    image = Path(__file__).parent / "fixtures" / "images" / "doc_1500x1000.png"
+    enc = Encoder(model("v1"), "reference")
+    views = enc.preprocess(image)
+    first = enc.encode(image, views=views)
+    other = dataclasses.replace(views, tiles=[t[::-1].copy() for t in views.tiles],
+                                global_view=views.global_view[:, ::-1].copy())
+    second = enc.encode(image, views=other)
+    assert second.page is first.page
+    fresh = Encoder(model("v1"), "reference").encode(image, views=other)
+    np.testing.assert_array_equal(second.embeddings, fresh.embeddings)
+    assert not np.array_equal(second.embeddings, first.embeddings)
+    alone = enc.encode(image, no_tiles=True)
+    assert alone.page is not first.page and alone.page.grid is None
