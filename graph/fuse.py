@@ -14,6 +14,9 @@ Passes:
   node keeps the name of the node it replaces (`norm_b-3`, `ffn_inp_normed-3`): the same value, bit for bit.
 - `fuse_bias_act`: a linear layer's bias and activation, `gelu_erf(add(x, b))` (or `gelu_quick`) with b one row
   -> `add_act(x, b, act)`, named as the activation node (`ffn_gelu_erf-3`): one pass instead of two.
+- `fuse_bias_residual`: a linear layer's bias and the residual add after it, `add(add(x, b), y)` (either order of
+  the outer add) with b one row and y of x's shape -> `add_res(x, b, y)`, named as the residual add
+  (`sam_layer_out-3`): one pass instead of two.
 - `elide_copies`: an operand of `sam_rel_attn` or `cont` that is a copy (`cont`), or a reshape / permute / view
   of one, re-read as one strided view of the tensor the copy was taken from, when that is possible: SAM's q, k
   and v then read the qkv product itself, and their four copies a layer (q, k, v, v transposed) drop out. The
@@ -155,6 +158,28 @@ def fuse_bias_act(graph: Graph) -> int:
     return n
 
 
+def fuse_bias_residual(graph: Graph) -> int:
+    """Rewrite every `add(add(x, b), y)` or `add(y, add(x, b))` with b one row, y of x's shape and the inner sum
+    read by the outer add alone, into `add_res(x, b, y)`; returns the number rewritten. (x + b) + y is what the
+    two adds compute in either order: a float sum does not depend on the order of its two terms."""
+    d = registry.get("add_res")
+    users = graph.consumers()
+    n = 0
+    for node in list(graph.nodes):
+        if node.op != "add" or node.dtype != "f32" or node.is_view:
+            continue
+        for inner, y in (node.srcs, node.srcs[::-1]):
+            if inner.op != "add" or inner.is_view or _sole_user(inner, users) is not node:
+                continue
+            x, b = inner.srcs
+            if (x.dtype == "f32" and x.is_contiguous_rows() and _row_of(b, x.ne[0]) and y.dtype == "f32"
+                    and y.ne == x.ne == node.ne):
+                node.op, node.srcs, node.params = d.name, (x, b, y), {}
+                n += 1
+                break
+    return n
+
+
 Layout = tuple[Tensor, tuple, tuple, int]  # base, ne, nb, byte offset: the value as a strided view of base
 
 
@@ -253,7 +278,7 @@ def elide_copies(graph: Graph) -> int:
 
 
 PASSES = {"sam_attention": fuse_sam_attention, "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act,
-          "copies": elide_copies}
+          "bias_residual": fuse_bias_residual, "copies": elide_copies}
 
 
 def fuse(graph: Graph, passes=None, report: dict | None = None) -> Graph:

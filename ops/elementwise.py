@@ -239,6 +239,24 @@ def _add_act(out, a, b, act):
         return UNARY[act](_f32(a) + _f32(b).reshape(-1))
 
 
+@op("add_res", ggml="ADD_RES", srcs=3, inplace=True, flops=lambda n: 2 * n.nelements)
+def add_res(a, b, c):
+    """Fused `add(add(a, b), c)`, b one row, c of a's shape: a linear layer's bias and then the residual it joins,
+    as `npggml.graph.fuse.fuse_bias_residual` finds them in the graph: one pass over the rows instead of two."""
+    require(a.dtype == "f32" and a.is_contiguous_rows(), f"a must be F32 with contiguous rows, got {a.dtype}")
+    require_row(b, a.ne[0], "b")
+    require(c.dtype == "f32" and c.ne == a.ne, f"c must be F32 of a's shape {a.ne_str()}, got {c.dtype} "
+            f"{c.ne_str()}")
+    return Out(a.ne, a.dtype)
+
+
+@add_res.kernel
+def _add_res(out, a, b, c):
+    """The two adds' reference kernels in order: the unfused graph's value, bit for bit."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (_f32(a) + _f32(b).reshape(-1)) + _f32(c)
+
+
 # --- GLU -------------------------------------------------------------------------------------------
 
 

@@ -434,6 +434,14 @@ def _add_act(draw, op):
                 {"act": draw(st.sampled_from(["gelu_erf", "gelu_quick"]))})
 
 
+@strategy("add_res")
+@st.composite
+def _add_res(draw, op):
+    ne = draw(ne4())
+    return Case(op, [draw(src(ne, "f32", "rows")), draw(src((ne[0], 1, 1, 1), "f32", "contig")),
+                     draw(src(ne, "f32", "any"))])
+
+
 @strategy("group_norm")
 @st.composite
 def _group_norm(draw, op):

@@ -24,7 +24,7 @@ from npggml.ops import registry
 FAST_OPS = sorted(n for n, d in registry.all_ops().items() if d.fast is not None)
 
 BITWISE = {"add", "sub", "mul", "div", "cont", "cont_1d", "cont_2d", "cont_3d", "cont_4d", "dup", "cpy", "concat",
-           "repeat", "repeat_4d", "pad", "pad_ext", "im2col", "gelu_erf", "rope_ext"}
+           "repeat", "repeat_4d", "pad", "pad_ext", "im2col", "gelu_erf", "rope_ext", "add_res"}
 BITWISE_GGML = {"gelu", "gelu_quick", "soft_max_ext", "geglu", "geglu_split", "mul_mat", "sam_rel_attn"}
 RTOL = 1e-5
 
@@ -34,7 +34,7 @@ _ran_fast: dict[tuple[str, str], int] = {}
 def test_fast_ops_found():
     expected = {"mul_mat", "soft_max_ext", "norm", "rms_norm", "gelu", "gelu_erf", "gelu_quick", "silu",
                 "swiglu_split", "add", "mul", "cont", "concat", "rope_ext", "im2col", "sam_rel_attn",
-                "norm_affine", "add_act"}
+                "norm_affine", "add_act", "add_res"}
     assert expected <= set(FAST_OPS)
 
 
@@ -272,7 +272,7 @@ def test_split_product_equals_one_product(m, k, n):
 @pytest.mark.parametrize("numerics_name", ["exact", "ggml"])
 @pytest.mark.parametrize("op", ["gelu_quick", "gelu_erf", "gelu", "silu", "soft_max_ext", "soft_max_ext+mask",
                                 "swiglu_split", "swiglu_split+gate", "add_act+gelu_erf", "add_act+gelu_quick",
-                                "rms_norm"])
+                                "rms_norm", "add_res"])
 def test_in_place_equals_out_of_place(op, numerics_name):
     """The graph allocator runs these ops in place (dst is the source's buffer); the kernels take another loop
     there (one array, so that it vectorises) which must give the same bits."""
@@ -288,6 +288,8 @@ def test_in_place_equals_out_of_place(op, numerics_name):
     row = rng.standard_normal((1, 1, 1, 131)).astype(np.float32)
     if name == "add_act":
         args = (row, extra)
+    if name == "add_res":
+        args = (row, (rng.standard_normal(x.shape) * 3).astype(np.float32))
     if name == "rms_norm":
         args = (1e-6,)
     d = registry.get(name)

@@ -131,8 +131,10 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     report = {}
     graph = fuse(page.graph, report=report)
     # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
-    assert {k: v for k, v in report.items() if k != "copies"} == {
+    assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
         "sam_attention": expected, "norm_affine": n_norms, "bias_act": n_acts}
+    # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
+    assert report["bias_residual"] >= n_acts
     ops = [n.op for n in graph.nodes]
     assert "norm" not in ops and "rms_norm" not in ops and ops.count("norm_affine") == n_norms
     assert ops.count("sam_rel_attn") == expected
@@ -144,7 +146,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
             assert [t.root.op for t in node.srcs[:3]] == ["add"] * 3
     assert report["copies"] >= 4 * expected and n_conts - ops.count("cont") >= 4 * expected
     assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
-    assert passes.elide_copies(graph) == 0
+    assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == 0
 
 
 @pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False)])
@@ -262,6 +264,55 @@ def test_bias_act_pass_skips():
     assert fuse_bias_act(Graph(ctx.add(out, out.srcs[0]))) == 0
     x = ctx.input("f32", (8, 3), "x")
     assert fuse_bias_act(Graph(ctx.gelu_erf(ctx.add(x, ctx.input("f32", (8, 3), "b"))))) == 0
+
+
+def bias_residual_graph(swap: bool, ne=(40, 7, 3, 1), seed: int = 0):
+    """`add(add(mul_mat(w, x), b), res)` (or the residual first) as `build_sam` ends an MLP, with a permuted,
+    non-contiguous residual."""
+    rng = np.random.default_rng(seed)
+    ctx = Context()
+    w = ctx.input("f32", (16, ne[0]), "w")
+    x = ctx.input("f32", (16, *ne[1:]), "x")
+    b = ctx.input("f32", (ne[0], 1, 1, 1), "b")
+    r = ctx.input("f32", (ne[1], ne[0], ne[2], ne[3]), "r")
+    values = {t: (rng.standard_normal(tuple(reversed(t.ne))) * 0.7).astype(F32) for t in (w, x, b, r)}
+    cur = ClipGraph.cb(ctx.add(ctx.mul_mat(w, x), b), "ffn_out", 2)
+    res = ctx.permute(r, 1, 0, 2, 3)
+    return ClipGraph.cb(ctx.add(res, cur) if swap else ctx.add(cur, res), "sam_layer_out", 2), values
+
+
+@pytest.mark.parametrize("numerics", ["exact", "ggml"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_bias_residual_fused_equals_unfused(swap, numerics):
+    """The fused bias + residual gives the unfused graph's bits, with the reference kernels and the fast ones, and
+    keeps the residual add's name."""
+    out, values = bias_residual_graph(swap)
+    g0 = Graph(out)
+    out, values1 = bias_residual_graph(swap)
+    report = {}
+    g1 = fuse(Graph(out), report=report)
+    assert report["bias_residual"] == 1
+    assert [n.op for n in g1.nodes if not n.is_view] == ["mul_mat", "add_res"]
+    assert g1.nodes[-1].name == "sam_layer_out-2"
+    for fast in (False, True):
+        (unfused,) = Interpreter(g0, numerics=numerics, fast=fast).run(values)
+        it = Interpreter(g1, numerics=numerics, fast=fast)
+        (fused,) = it.run(values1)
+        assert it.kernel_used[-1] == ("fast" if fast else "ref")
+        np.testing.assert_array_equal(fused, unfused)
+
+
+def test_bias_residual_pass_skips():
+    """Not fused: a biased sum another node also reads, a bias that is not one row, a broadcast residual."""
+    out, _ = bias_residual_graph(False)
+    ctx = Context()
+    assert passes.fuse_bias_residual(Graph(ctx.mul(out, out.srcs[0]))) == 0
+    x = ctx.input("f32", (8, 3), "x")
+    y = ctx.input("f32", (8, 3), "y")
+    assert passes.fuse_bias_residual(Graph(ctx.add(ctx.add(x, ctx.input("f32", (8, 3), "b")), y))) == 0
+    row = ctx.input("f32", (8,), "row")
+    assert passes.fuse_bias_residual(Graph(ctx.add(ctx.add(x, row), ctx.input("f32", (8, 1), "col")))) == 0
+    assert passes.fuse_bias_residual(Graph(ctx.add(ctx.add(x, row), y))) == 1
 
 
 def _factor_groups(ne, cuts):
