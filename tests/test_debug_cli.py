@@ -87,7 +87,7 @@ def test_trace_no_tiles_lines_up_with_llamacpp_global_view(cli, tmp_path):
     assert rc == 0, err
     lines = trace_lines(out)
     assert [re.match(r"\[ *\d+\] (.*?) = ", ln)[1] for ln in lines] == FIXTURE_NAMES.split(",")  # graph order
-    assert re.fullmatch(r"\[ *\d+\] sam_layer_out-0 = ADD\(.*\) -> \{32,64,64\} f32  \d+\.\d\d ms", lines[0])
+    assert re.fullmatch(r"\[ *\d+\] sam_layer_out-0 = ADD_RES\(.*\) -> \{32,64,64\} f32  \d+\.\d\d ms", lines[0])
     stats = [ln for ln in out.splitlines() if ln.startswith("      min=")]
     assert len(stats) == 7 and all(re.fullmatch(r"      min=\S+ max=\S+ mean=\S+ std=\S+ nan=0", s) for s in stats)
 
