@@ -202,7 +202,7 @@ def strided_layout(t: Tensor) -> Layout | None:
     base, xne, xnb, xoff = inner
     # the copy is packed: its element index i is x's element with digits (i // c[j]) % xne[j]
     c = [1, xne[0], xne[0] * xne[1], xne[0] * xne[1] * xne[2]]
-    if t.view_offs % 4 or any(nb % 4 for nb in t.nb):
+    if t.view_offs % 4 or any(nb % 4 for nb in t.nb) or 0 in xne:
         return None
     first = [(t.view_offs // 4 // c[j]) % xne[j] for j in range(4)]
     last = list(first)

@@ -225,6 +225,24 @@ def test_norm_affine_pass_skips():
     assert fuse_norm_affine(graph) == 1 and mul.op == "norm_affine" and out.op == "add"
 
 
+def check_fused_bits(make, numerics: str, pass_name: str, ops: list[str], name: str) -> None:
+    """The graph `make()` builds, fused: `pass_name` rewrote one pattern, the nodes (views aside) are `ops`, the
+    last one is named `name`, and it gives the unfused graph's bits with the reference and the fast kernels."""
+    out, values = make()
+    g0 = Graph(out)
+    out, values1 = make()
+    report = {}
+    g1 = fuse(Graph(out), report=report)
+    assert report[pass_name] == 1
+    assert [n.op for n in g1.nodes if not n.is_view] == ops and g1.nodes[-1].name == name
+    for fast in (False, True):
+        (unfused,) = Interpreter(g0, numerics=numerics, fast=fast).run(values)
+        it = Interpreter(g1, numerics=numerics, fast=fast)
+        (fused,) = it.run(values1)
+        assert it.kernel_used[-1] == ("fast" if fast else "ref")
+        np.testing.assert_array_equal(fused, unfused)
+
+
 def bias_act_graph(act: str, ne=(40, 7, 3, 1), seed: int = 0):
     """`act(add(mul_mat(w, x), b))` as `ClipGraph.build_ffn` builds a linear layer with bias and activation."""
     rng = np.random.default_rng(seed)
@@ -242,19 +260,7 @@ def bias_act_graph(act: str, ne=(40, 7, 3, 1), seed: int = 0):
 def test_bias_act_fused_equals_unfused(act, numerics):
     """The fused bias + activation gives the unfused graph's bits, with the reference kernels and with the fast
     ones (the bias added in float before the same activation code)."""
-    out, values = bias_act_graph(act)
-    g0 = Graph(out)
-    out, values1 = bias_act_graph(act)
-    report = {}
-    g1 = fuse(Graph(out), report=report)
-    assert report["bias_act"] == 1
-    assert [n.op for n in g1.nodes] == ["mul_mat", "add_act"] and g1.nodes[-1].name == f"ffn_{act}-2"
-    for fast in (False, True):
-        (unfused,) = Interpreter(g0, numerics=numerics, fast=fast).run(values)
-        it = Interpreter(g1, numerics=numerics, fast=fast)
-        (fused,) = it.run(values1)
-        assert it.kernel_used[-1] == ("fast" if fast else "ref")
-        np.testing.assert_array_equal(fused, unfused)
+    check_fused_bits(lambda: bias_act_graph(act), numerics, "bias_act", ["mul_mat", "add_act"], f"ffn_{act}-2")
 
 
 def test_bias_act_pass_skips():
@@ -286,20 +292,8 @@ def bias_residual_graph(swap: bool, ne=(40, 7, 3, 1), seed: int = 0):
 def test_bias_residual_fused_equals_unfused(swap, numerics):
     """The fused bias + residual gives the unfused graph's bits, with the reference kernels and the fast ones, and
     keeps the residual add's name."""
-    out, values = bias_residual_graph(swap)
-    g0 = Graph(out)
-    out, values1 = bias_residual_graph(swap)
-    report = {}
-    g1 = fuse(Graph(out), report=report)
-    assert report["bias_residual"] == 1
-    assert [n.op for n in g1.nodes if not n.is_view] == ["mul_mat", "add_res"]
-    assert g1.nodes[-1].name == "sam_layer_out-2"
-    for fast in (False, True):
-        (unfused,) = Interpreter(g0, numerics=numerics, fast=fast).run(values)
-        it = Interpreter(g1, numerics=numerics, fast=fast)
-        (fused,) = it.run(values1)
-        assert it.kernel_used[-1] == ("fast" if fast else "ref")
-        np.testing.assert_array_equal(fused, unfused)
+    check_fused_bits(lambda: bias_residual_graph(swap), numerics, "bias_residual", ["mul_mat", "add_res"],
+                     "sam_layer_out-2")
 
 
 def test_bias_residual_pass_skips():
