@@ -32,6 +32,7 @@ from npggml.graph.graph import Graph
 from npggml.graph.tensor import OUTPUT, Tensor
 from npggml.ops import registry
 from npggml.ops.elementwise import BIAS_ACTS
+from npggml.ops.registry import is_row
 
 
 def _only_user(t: Tensor, user: Tensor, users: dict[int, list[Tensor]]) -> bool:
@@ -111,10 +112,6 @@ def fuse_sam_attention(graph: Graph) -> int:
     return n
 
 
-def _row_of(t: Tensor | None, n0: int) -> bool:
-    return t is not None and t.dtype == "f32" and t.ne == (n0, 1, 1, 1)
-
-
 def fuse_norm_affine(graph: Graph) -> int:
     """Rewrite every `add(mul(norm(a), w), b)` / `mul(norm(a), w)` (norm or rms_norm, w and b rows) whose
     intermediate values only the next node reads into `norm_affine`; returns the number rewritten."""
@@ -125,16 +122,24 @@ def fuse_norm_affine(graph: Graph) -> int:
         if norm.op not in ("norm", "rms_norm") or norm.dtype != "f32":
             continue
         mul = _sole_user(norm, users)
-        if mul is None or mul.op != "mul" or mul.srcs[0] is not norm or not _row_of(mul.srcs[1], norm.ne[0]):
+        if mul is None or mul.op != "mul" or mul.srcs[0] is not norm or not is_row(mul.srcs[1], norm.ne[0]):
             continue
         top, b = mul, None
         add = _sole_user(mul, users)
-        if add is not None and add.op == "add" and add.srcs[0] is mul and _row_of(add.srcs[1], norm.ne[0]):
+        if add is not None and add.op == "add" and add.srcs[0] is mul and is_row(add.srcs[1], norm.ne[0]):
             top, b = add, add.srcs[1]
         top.op, top.srcs = d.name, (norm.srcs[0], mul.srcs[1], b)
         top.params = {"eps": norm.params["eps"], "rms": norm.op == "rms_norm"}
         n += 1
     return n
+
+
+def _bias_add(t: Tensor, reader: Tensor, users: dict[int, list[Tensor]]) -> tuple[Tensor, Tensor] | None:
+    """(x, b) if t is `add(x, b)`, b one row and x F32 with contiguous rows, and only `reader` reads the sum."""
+    if t.op != "add" or t.is_view or _sole_user(t, users) is not reader:
+        return None
+    x, b = t.srcs
+    return (x, b) if x.dtype == "f32" and x.is_contiguous_rows() and is_row(b, x.ne[0]) else None
 
 
 def fuse_bias_act(graph: Graph) -> int:
@@ -146,14 +151,11 @@ def fuse_bias_act(graph: Graph) -> int:
     for node in list(graph.nodes):
         if node.op not in BIAS_ACTS or node.dtype != "f32":
             continue
-        add = node.srcs[0]
-        if add.op != "add" or add.is_view or _sole_user(add, users) is not node:
-            continue
-        x, b = add.srcs
-        if x.dtype != "f32" or not x.is_contiguous_rows() or not _row_of(b, x.ne[0]):
+        xb = _bias_add(node.srcs[0], node, users)
+        if xb is None:
             continue
         node.params = {"act": node.op}
-        node.op, node.srcs = d.name, (x, b)
+        node.op, node.srcs = d.name, xb
         n += 1
     return n
 
@@ -169,12 +171,9 @@ def fuse_bias_residual(graph: Graph) -> int:
         if node.op != "add" or node.dtype != "f32" or node.is_view:
             continue
         for inner, y in (node.srcs, node.srcs[::-1]):
-            if inner.op != "add" or inner.is_view or _sole_user(inner, users) is not node:
-                continue
-            x, b = inner.srcs
-            if (x.dtype == "f32" and x.is_contiguous_rows() and _row_of(b, x.ne[0]) and y.dtype == "f32"
-                    and y.ne == x.ne == node.ne):
-                node.op, node.srcs, node.params = d.name, (x, b, y), {}
+            xb = _bias_add(inner, node, users)
+            if xb is not None and y.dtype == "f32" and y.ne == xb[0].ne == node.ne:
+                node.op, node.srcs, node.params = d.name, (*xb, y), {}
                 n += 1
                 break
     return n

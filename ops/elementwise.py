@@ -222,13 +222,18 @@ for _name, _fn in UNARY.items():
 BIAS_ACTS = ("gelu_erf", "gelu_quick")
 
 
+def _require_biased(a, b) -> None:
+    """a fused op's `add(a, b)`: a F32 with contiguous rows, b one row."""
+    require(a.dtype == "f32" and a.is_contiguous_rows(), f"a must be F32 with contiguous rows, got {a.dtype}")
+    require_row(b, a.ne[0], "b")
+
+
 @op("add_act", ggml="ADD_ACT", srcs=2, inplace=True, flops=lambda n: 9 * n.nelements)
 def add_act(a, b, act):
     """Fused `act(add(a, b))`, b one row: a linear layer's bias and then its activation (`act` in BIAS_ACTS), as
     `npggml.graph.fuse.fuse_bias_act` finds them in the graph: one pass over the rows instead of two."""
     require(act in BIAS_ACTS, f"act must be one of {', '.join(BIAS_ACTS)}, got {act!r}")
-    require(a.dtype == "f32" and a.is_contiguous_rows(), f"a must be F32 with contiguous rows, got {a.dtype}")
-    require_row(b, a.ne[0], "b")
+    _require_biased(a, b)
     return Out(a.ne, a.dtype)
 
 
@@ -243,8 +248,7 @@ def _add_act(out, a, b, act):
 def add_res(a, b, c):
     """Fused `add(add(a, b), c)`, b one row, c of a's shape: a linear layer's bias and then the residual it joins,
     as `npggml.graph.fuse.fuse_bias_residual` finds them in the graph: one pass over the rows instead of two."""
-    require(a.dtype == "f32" and a.is_contiguous_rows(), f"a must be F32 with contiguous rows, got {a.dtype}")
-    require_row(b, a.ne[0], "b")
+    _require_biased(a, b)
     require(c.dtype == "f32" and c.ne == a.ne, f"c must be F32 of a's shape {a.ne_str()}, got {c.dtype} "
             f"{c.ne_str()}")
     return Out(a.ne, a.dtype)

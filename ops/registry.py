@@ -54,11 +54,14 @@ def require(cond: bool, msg: str) -> None:
         raise RuleError(msg)
 
 
-def require_row(t, n0: int, what: str) -> None:
+def is_row(t, n0: int) -> bool:
     """t is one F32 row of n0 (`[n0, 1, 1, 1]`): a fused op's weight or bias."""
+    return t is not None and t.dtype == "f32" and t.ne == (n0, 1, 1, 1)
+
+
+def require_row(t, n0: int, what: str) -> None:
     got = "none" if t is None else f"{t.dtype} {t.ne_str()}"
-    require(t is not None and t.dtype == "f32" and t.ne == (n0, 1, 1, 1), f"{what} must be one F32 row of {n0}, "
-            f"got {got}")
+    require(is_row(t, n0), f"{what} must be one F32 row of {n0}, got {got}")
 
 
 @dataclass
