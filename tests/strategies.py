@@ -659,11 +659,15 @@ def _arange(draw, op):
 @strategy("sam_rel_attn")
 @st.composite
 def _sam_rel_attn(draw, op):
-    """q, k [D, N, H, B], v [Nk, D, H, B] (transposed), rel_w [W, 1, Nq, H*B], rel_h [1, Hh, Nq, H*B]."""
+    """q, k [D, N, H, B], v [Nk, D, H, B] (transposed; unit-stride rows, or columns as the SAM graph's v after
+    `elide_copies`), rel_w [W, 1, Nq, H*B], rel_h [1, Hh, Nq, H*B]."""
     d, nq, h, b = draw(st.integers(1, 8)), draw(side), draw(st.integers(1, 3)), draw(st.integers(1, 2))
     w, hh = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     nk = w * hh
+    cols = ("perm", (1, 0, 2, 3))
+    v = draw(st.one_of(src((nk, d, h, b), "f32", "rows"),
+                       seeds.map(lambda seed: Src(values(seed, (nk, d, h, b), "f32"), "f32", cols))))
     return Case(op, [draw(src((d, nq, h, b), "f32", "rows")), draw(src((d, nk, h, b), "f32", "rows")),
-                     draw(src((nk, d, h, b), "f32", "rows")), draw(src((w, 1, nq, h * b), "f32", "contig")),
+                     v, draw(src((w, 1, nq, h * b), "f32", "contig")),
                      draw(src((1, hh, nq, h * b), "f32", "contig"))],
                 {"scale": draw(st.sampled_from([0.125, 0.5, 1.0]))})

@@ -208,11 +208,13 @@ def test_fma_rounds_once_where_a_double_emulation_does_not():
 
 
 def test_sam_rel_attn_task_paths(monkeypatch):
-    """With the task size cut to 24 scores the strategy's cases take both of the fast kernel's task shapes
-    (several whole heads a task, one head in several blocks of query rows) and must agree with the reference."""
+    """With the task size cut to 24 scores the strategy's cases take all of the fast kernel's task shapes
+    (several whole heads a task; one head in several blocks of query rows, read as views or, from 3 blocks on,
+    from dense copies of the head's k and v) and must agree with the reference."""
     from npggml.ops.fast import sam_attn
 
     monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
+    monkeypatch.setattr(sam_attn, "DENSE_MIN_TASKS", 3)
     seen = set()
 
     @settings(max_examples=40)
@@ -222,10 +224,12 @@ def test_sam_rel_attn_task_paths(monkeypatch):
         if used_fast:
             n_heads, n_batch, nq, nk = node.ne[2], node.ne[3], node.ne[1], node.srcs[1].ne[1]
             g, qb = sam_attn.plan(n_heads, nq, nk)
-            seen.add("head groups" if 1 < g < n_heads * n_batch else "query blocks" if qb < nq else "other")
+            blocks = -(-nq // qb)
+            seen.add("head groups" if 1 < g < n_heads * n_batch else "dense heads" if blocks >= 3
+                     else "query blocks" if blocks > 1 else "other")
 
     check()
-    assert {"head groups", "query blocks"} <= seen, seen
+    assert {"head groups", "query blocks", "dense heads"} <= seen, seen
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,21 +10,21 @@ the fly to one block of query rows of a few heads at a time.
 Sources (ggml order): q `[D, Nq, H, B]`, k `[D, Nk, H, B]`, v `[Nk, D, H, B]` (the operands of the two mul_mats),
 rel_w `[W, 1, Nq, H*B]`, rel_h `[1, Hh, Nq, H*B]` with Nk = W*Hh (key index kh*W + kw); q and k with unit-stride
 rows, v with unit-stride rows or columns (after `elide_copies` all three are views of the qkv product, v read
-transposed). Result `[D, Nq, H, B]` F32:
-exactly the value of the replaced `mul_mat(v, soft_max)` node. The reference kernel runs the replaced nodes'
-reference kernels in graph order (same bits as the unfused graph). The fast kernel cuts the work into tasks of
-about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's block of 128 query rows at the 1024 global view,
-the 12 heads of one 14x14 window in the windowed layers. The BLAS pool's threads take tasks; each reads its
-operands as views of the nodes' buffers (copying q, k and the bias factors first, on one thread, made the op twice
-as slow on a page: copies of q and k of up to 31 MiB a layer, and some windowed layers then took 0.52-0.63 s
-instead of 0.07-0.12), computes its scores key-major with one single-threaded sgemm (`k @ q_block^T`, batched over
-the task's heads), then two Numba passes that run across the queries: the max of the scaled and biased scores (read
-only), then their exponentials in place with each query's double sum (keys in order; `exp32_neg`, within 1 ulp of
-exp), multiplies v by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these
-shapes) and writes each query's 64 outputs times 1/sum into the result (the reference normalises the
-probabilities before the product: the same value to float32 rounding). Memory: one task's scores per thread.
-Under ggml numerics it goes head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax,
-so that it reproduces whatever ggml kernel they reproduce (one head's scores).
+transposed). Result `[D, Nq, H, B]` F32: exactly the value of the replaced `mul_mat(v, soft_max)` node. The
+reference kernel runs the replaced nodes' reference kernels in graph order (same bits as the unfused graph). The
+fast kernel cuts the work into tasks of about 2 MiB of scores (8 MiB blocks ran ~5 % slower): one head's block of
+128 query rows at the 1024 global view, the 12 heads of one 14x14 window in the windowed layers. The BLAS pool's
+threads take tasks; each reads its operands as views of the nodes' buffers (copying q, k and the bias factors
+first, on one thread, made the op twice as slow on a page: copies of q and k of up to 31 MiB a layer, and some
+windowed layers then took 0.52-0.63 s instead of 0.07-0.12; a head split into 8 or more tasks has its k and v
+copied dense once per thread and head, 1-2 MiB that BLAS then packs faster), computes its scores key-major with one
+single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across the
+queries: the max of the scaled and biased scores (read only), then their exponentials in place with each query's
+double sum (keys in order; `exp32_neg`, within 1 ulp of exp), multiplies v by them with a second sgemm (`v @ p`,
+head-dim-major: faster than `p^T @ v^T` for these shapes) and writes each query's 64 outputs times 1/sum into the
+result (the reference normalises the probabilities before the product: the same value to float32 rounding). Memory:
+one task's scores per thread. Under ggml numerics it goes head by head through the mul_mat kernels themselves and
+soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they reproduce (one head's scores).
 """
 
 from __future__ import annotations
@@ -215,6 +215,20 @@ def _ggml_heads(out, q, k, v, rw, rh, scale, res) -> None:
         _mul_mat(kqv_t, v[b, h][None, None], w, res[b, h][None, None])
 
 
+def dense(x: np.ndarray) -> np.ndarray:
+    """The 2-D view x itself when it is dense, else a dense copy with the same unit-stride axis (x or x.T
+    C-contiguous): copying along the rows of the source costs a few % of one of the head's products."""
+    if x.flags.c_contiguous or x.flags.f_contiguous:
+        return x
+    return np.ascontiguousarray(x) if x.strides[-1] == 4 else np.ascontiguousarray(x.T).T
+
+
+# Dense copies of a head's k and v once it spans this many tasks. One attention layer, 25 alternated runs
+# (medians, three sets): 4096 queries in 32 tasks a head 3-13 % faster (667 -> 582 ms), 2304 x 6 tiles (11 tasks)
+# 1-4 % faster, but 1600 x 6 tiles (5 tasks) 0-1 % slower (441 -> 444, 447 -> 453 ms).
+DENSE_MIN_TASKS = 8
+
+
 def blocks(nq: int, nk: int) -> int:
     """Query rows per block: blocks of at most BLOCK_ELEMENTS scores, the rows shared out evenly (1600 queries
     make two blocks of 800, not 1310 + 290)."""
@@ -248,6 +262,19 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
              for b in range(B) for h0 in range(0, H, g) for i0 in range(0, Nq, qb)]
     _blas.use_own_threads()
     scratch = {}  # per thread: a task's scores, their column maxima and sums, the product with v
+    held = {}  # per thread: (b, h) -> that head's k and v, dense, while its tasks last
+    dense_heads = g == 1 and -(-Nq // qb) >= DENSE_MIN_TASKS
+
+    def operands(tid, b, h0, h1):
+        """k and v of the task's heads: views, or (a head split into several tasks) dense copies of one head's,
+        which BLAS packs faster than the strided views (4-7 % of each product), made once per thread and head."""
+        if not dense_heads:
+            return k[b, h0:h1], v[b, h0:h1]
+        key, kd, vd = held.get(tid, (None, None, None))
+        if key != (b, h0):
+            kd, vd = dense(k[b, h0]), dense(v[b, h0])
+            held[tid] = ((b, h0), kd, vd)
+        return kd[None], vd[None]
 
     def work(lo, hi):
         """A chunk of tasks, each on its own: scores -> softmax -> times v -> normalised into the result. The
@@ -259,15 +286,16 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
         s_buf, colmax, acc_buf, r_buf = scratch[tid]
         for b, h0, h1, i0, i1 in tasks[lo:hi]:
             m, n = h1 - h0, i1 - i0
+            kk, vv = operands(tid, b, h0, h1)
             S = s_buf[: m * Nk * n].reshape(m, Nk, n)
-            np.matmul(k[b, h0:h1], q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # mul_mat(k, q), key-major
+            np.matmul(kk, q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # mul_mat(k, q), key-major
             # the block's bias rows, one row of queries per kw (kh): contiguous, as Numba vectorises those
             rw_b = np.ascontiguousarray(rw[b, h0:h1, i0:i1].transpose(0, 2, 1))
             rh_b = np.ascontiguousarray(rh[b, h0:h1, i0:i1].transpose(0, 2, 1))
             acc = acc_buf[: m * n].reshape(m, n)
             _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc)
             R = r_buf[: m * D * n].reshape(m, D, n)
-            np.matmul(v[b, h0:h1], S, out=R)
+            np.matmul(vv, S, out=R)
             _normalise(R, acc, dst[b, h0:h1, i0:i1])
 
     _blas.run_split(work, len(tasks))
