@@ -223,9 +223,9 @@ def dense(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x) if x.strides[-1] == 4 else np.ascontiguousarray(x.T).T
 
 
-# Dense copies of a head's k and v once it spans this many tasks. One attention layer, 25 alternated runs
-# (medians, three sets): 4096 queries in 32 tasks a head 3-13 % faster (667 -> 582 ms), 2304 x 6 tiles (11 tasks)
-# 1-4 % faster, but 1600 x 6 tiles (5 tasks) 0-1 % slower (441 -> 444, 447 -> 453 ms).
+# Dense copies of a head's k and v once it spans this many tasks. One attention layer, alternated runs (medians of
+# 11, 15 and 25): 4096 queries in 32 tasks a head 3-13 % faster (667 -> 582 ms), 2304 x 6 tiles (11 tasks) 1-4 %
+# faster, 1600 x 6 tiles (5 tasks) from 6 % faster to 1 % slower (594 -> 557, 441 -> 444, 447 -> 453 ms).
 DENSE_MIN_TASKS = 8
 
 
