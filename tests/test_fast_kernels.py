@@ -207,29 +207,55 @@ def test_fma_rounds_once_where_a_double_emulation_does_not():
         ref_fma(np.ones(2), a, c)
 
 
-def test_sam_rel_attn_task_paths(monkeypatch):
-    """With the task size cut to 24 scores the strategy's cases take all of the fast kernel's task shapes
-    (several whole heads a task; one head in several blocks of query rows, read as views or, from 3 blocks on,
-    from dense copies of the head's k and v) and must agree with the reference."""
+def _sam_case(nq: int, w: int, hh: int, heads: int, batch: int, strided: bool):
+    """A sam_rel_attn case with head dim 5: q and k windows of larger buffers and v transposed (as the SAM graph
+    reads them after `elide_copies`) when `strided`, else packed."""
+    from strategies import CONTIG, Case, Src, values
+
+    d, nk = 5, w * hh
+    win, cols = ("window", 1, 1, 3, 2), ("perm", (1, 0, 2, 3))
+    lay = (win, win, cols) if strided else (CONTIG, CONTIG, CONTIG)
+    shapes = [(d, nq, heads, batch), (d, nk, heads, batch), (nk, d, heads, batch)]
+    srcs = [Src(values(i, ne, "f32"), "f32", lo) for i, (ne, lo) in enumerate(zip(shapes, lay))]
+    srcs += [Src(values(3, (w, 1, nq, heads * batch), "f32"), "f32", CONTIG),
+             Src(values(4, (1, hh, nq, heads * batch), "f32"), "f32", CONTIG)]
+    return Case("sam_rel_attn", srcs, {"scale": 0.125})
+
+
+@pytest.mark.parametrize("strided", [True, False])
+@pytest.mark.parametrize("path,nq,w,hh,heads,batch", [
+    ("head groups", 2, 2, 2, 3, 2),  # 8 scores a head: 3 heads a task, 2 tasks
+    ("query blocks", 6, 2, 4, 2, 1),  # 48 scores a head: 2 blocks of 3 query rows, k and v read as views
+    ("dense heads", 6, 4, 4, 2, 2),  # 96 scores a head: 6 blocks of 1 row, k and v copied dense per head
+])
+def test_sam_rel_attn_task_paths(monkeypatch, path, nq, w, hh, heads, batch, strided):
+    """With tasks cut to 24 scores (and dense copies from 3 tasks a head on) each of the fast kernel's task shapes
+    agrees with the reference, on packed operands and on the strided ones the SAM graph gives it."""
     from npggml.ops.fast import sam_attn
 
     monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
     monkeypatch.setattr(sam_attn, "DENSE_MIN_TASKS", 3)
-    seen = set()
+    g, qb = sam_attn.plan(heads, nq, w * hh)
+    blocks = -(-nq // qb)
+    assert path == ("head groups" if 1 < g < heads * batch else "dense heads" if blocks >= 3
+                    else "query blocks" if blocks > 1 else "other")
+    _, used_fast = _check_case("sam_rel_attn", "exact", _sam_case(nq, w, hh, heads, batch, strided))
+    assert used_fast
+
+
+def test_sam_rel_attn_small_tasks_random(monkeypatch):
+    """The same cut on the strategy's random shapes and layouts: every task shape agrees with the reference."""
+    from npggml.ops.fast import sam_attn
+
+    monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
+    monkeypatch.setattr(sam_attn, "DENSE_MIN_TASKS", 3)
 
     @settings(max_examples=40)
     @given(STRATEGIES["sam_rel_attn"]())
     def check(case):
-        node, used_fast = _check_case("sam_rel_attn", "exact", case)
-        if used_fast:
-            n_heads, n_batch, nq, nk = node.ne[2], node.ne[3], node.ne[1], node.srcs[1].ne[1]
-            g, qb = sam_attn.plan(n_heads, nq, nk)
-            blocks = -(-nq // qb)
-            seen.add("head groups" if 1 < g < n_heads * n_batch else "dense heads" if blocks >= 3
-                     else "query blocks" if blocks > 1 else "other")
+        _check_case("sam_rel_attn", "exact", case)
 
     check()
-    assert {"head groups", "query blocks", "dense heads"} <= seen, seen
 
 
 @settings(max_examples=60, deadline=None)
