@@ -243,6 +243,19 @@ def test_sam_rel_attn_task_paths(monkeypatch, path, nq, w, hh, heads, batch, str
     assert used_fast
 
 
+def test_sam_rel_attn_dense_keeps_values_and_unit_axis():
+    """`dense` returns a dense view as is and copies a strided one into the order of its unit-stride axis: k's rows
+    (a window of the qkv product) C-contiguous, v's columns (v read transposed) F-contiguous."""
+    from npggml.ops.fast.sam_attn import dense
+
+    qkv = np.arange(7 * 12, dtype=np.float32).reshape(7, 12)
+    for x, order in ((qkv[:, 2:6], "C"), (qkv[:, 2:6].T, "F"), (qkv, "C"), (qkv.T, "F")):
+        d = dense(x)
+        np.testing.assert_array_equal(d, x)
+        assert d.flags.c_contiguous if order == "C" else d.flags.f_contiguous
+        assert np.shares_memory(d, qkv) == x.flags.forc  # copied exactly when strided
+
+
 def test_sam_rel_attn_small_tasks_random(monkeypatch):
     """The same cut on the strategy's random shapes and layouts: every task shape agrees with the reference."""
     from npggml.ops.fast import sam_attn
