@@ -98,7 +98,7 @@ class Encoder:
         self.arena: Arena | None = Arena(grow=grow) if reserve else None
         self.batch_tokens = batch_tokens
         self.reservations: dict[str, Reservation] = {}
-        self._pages: dict[tuple, PageGraph] = {}  # encode's built graphs, by (grid, fuse)
+        self._pages: dict[tuple, PageGraph] = {}  # encode's built graphs, by (grid, mode, fuse)
 
     @property
     def numerics(self) -> str:
@@ -205,8 +205,9 @@ class Encoder:
 
     def _page(self, grid: tuple[int, int] | None) -> PageGraph:
         """`build(grid)` for encode, kept for the next page of the same grid (building and fusing a full-size page
-        takes ~0.1 s); the last PAGES_KEPT grids are kept."""
-        key = (grid, self.fuse)
+        takes ~0.1 s); the last PAGES_KEPT grids are kept, keyed by what the graph depends on (`mode` and `fuse`
+        are public attributes a caller may change between encodes)."""
+        key = (grid, self.mode, self.fuse)
         page = self._pages.pop(key, None) or self.build(grid)
         self._pages[key] = page
         while len(self._pages) > PAGES_KEPT:

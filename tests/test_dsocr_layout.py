@@ -149,3 +149,15 @@ def test_encoder_keeps_a_built_page_for_the_next_of_its_grid():
     assert not np.array_equal(second.embeddings, first.embeddings)
     alone = enc.encode(image, no_tiles=True)
     assert alone.page is not first.page and alone.page.grid is None
+
+
+def test_encoder_rebuilds_its_page_when_the_mode_changes():
+    """The kept page graph belongs to one mode: after `enc.mode` changes, encode builds the other mode's graph and
+    gives what a fresh Encoder of that mode gives (it used to reuse the first mode's graph)."""
+    image = Path(__file__).parent / "fixtures" / "images" / "doc_1500x1000.png"
+    enc = Encoder(model("v1"), "reference")
+    first = enc.encode(image)
+    enc.mode = "llama.cpp"
+    second = enc.encode(image)
+    assert second.page is not first.page
+    np.testing.assert_array_equal(second.embeddings, Encoder(model("v1"), "llama.cpp").encode(image).embeddings)
