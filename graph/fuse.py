@@ -9,6 +9,12 @@ Passes:
 - `fuse_sam_attention`: SAM attention with decomposed relative positions,
   `mul_mat(v, soft_max_ext(mul_mat(k, q), reshape_4d(add(repeat_4d(rel_w), rel_h)), scale))`
   -> `sam_rel_attn(q, k, v, rel_w, rel_h, scale)` (see `npggml.ops.fast.sam_attn`).
+- `move_linear_past_crop`: a linear layer (one square weight, a bias row or none) whose value is then only moved
+  about row by row and cropped (SAM's window unpartition drops the windows' padding) -> the moves first, then the
+  layer on the rows that remain (SAM's output projection skips 9-16 % of its rows). The same rows, each computed
+  the same way, but BLAS rounds a row by where it sits in the matrix: the values of the unfused graph to float
+  rounding, not bit for bit, so `fuse(..., same_bits=True)` skips it (the Encoder with the reference kernels
+  or under ggml numerics).
 - `fuse_norm_affine`: a layer norm's scale and shift, `add(mul(norm(a), w), b)` (or `rms_norm`, or no add) with
   w and b one row each -> `norm_affine(a, w, b, eps, rms)`: one pass over the rows instead of three. The fused
   node keeps the name of the node it replaces (`norm_b-3`, `ffn_inp_normed-3`): the same value, bit for bit.
@@ -179,6 +185,77 @@ def fuse_bias_residual(graph: Graph) -> int:
     return n
 
 
+# ops that can only move rows about (and reshape them), never mix the elements of different rows
+ROW_MOVES = frozenset({"cont", "permute", "reshape", *(f"{k}_{n}d" for k in ("cont", "reshape", "view")
+                                                        for n in range(1, 5))})
+
+
+def _moves_rows(t: Tensor, c: int) -> bool:
+    """t, reading a value made of rows of c floats (packed), holds whole rows of it: each of its own rows is a
+    run of whole c-float rows (unit stride, a multiple of c long, offset and other strides multiples of c
+    floats) and a permute keeps dim 0. A copy (`cont`) of such a tensor is packed, made of whole rows again."""
+    if t.op not in ROW_MOVES or t.dtype != "f32" or t.ne[0] % c:
+        return False
+    if t.op == "permute" and t.params["axis0"] != 0:
+        return False
+    row = 4 * c
+    return not t.is_view or (t.nb[0] == 4 and t.view_offs % row == 0
+                             and all(nb % row == 0 for ne, nb in zip(t.ne[1:], t.nb[1:]) if ne > 1))
+
+
+def _linear(t: Tensor, users: dict[int, list[Tensor]]) -> tuple[Tensor, Tensor | None, Tensor] | None:
+    """(mul_mat, bias, x) if t is `mul_mat(w, x)` or `add(mul_mat(w, x), b)` (b one row, the product read by the
+    add alone) with w one square f32-output matrix and x packed like the product: the rows of t are a function of
+    the rows of x alone, each the same function."""
+    mm, b = t, None
+    if t.op == "add" and not t.is_view and t.srcs[0].op == "mul_mat" and _only_user(t.srcs[0], t, users):
+        mm, b = t.srcs
+        if not is_row(b, mm.ne[0]):
+            return None
+    if mm.op != "mul_mat" or mm.is_view or mm.dtype != "f32":
+        return None
+    w, x = mm.srcs
+    square = w.ne[0] == w.ne[1] and w.ne[2] == w.ne[3] == 1
+    if not square or x.dtype != "f32" or x.ne != mm.ne or not x.is_contiguous():
+        return None
+    return mm, b, x
+
+
+def move_linear_past_crop(graph: Graph) -> int:
+    """Rewrite every linear layer (a square weight, with or without a bias row) whose value is then only moved
+    about row by row and cropped (SAM's window unpartition drops the windows' padding) so that the moves run
+    first, on the layer's input, and the layer on the rows that remain: the same rows, each computed the same
+    way, without the products of the rows that are thrown away. The last copy of the moves becomes the layer
+    (named as that copy, whose value it now computes); returns the number rewritten."""
+    users = graph.consumers()
+    n = 0
+    for top in list(graph.nodes):
+        lin = _linear(top, users)
+        if lin is None:
+            continue
+        mm, b, x = lin
+        chain, t = [], top
+        while (u := _sole_user(t, users)) is not None and _moves_rows(u, top.ne[0]):
+            chain.append(u)
+            t = u
+        copies = [i for i, u in enumerate(chain) if not u.is_view]
+        if not copies or chain[copies[-1]].nelements >= top.nelements:
+            continue
+        *moves, last = chain[: copies[-1] + 1]
+        ctx = Context()
+        cur = x
+        for u in (*moves, last):  # named by their rules, after x: `kqv_out-3 (reshaped) (permuted) (cont)`
+            if u is not last and u.op == "cont" and cur.is_contiguous():
+                continue  # a copy of packed rows: the rows as they are
+            cur = ctx.build(registry.get(u.op), cur, **u.params)
+        if b is None:
+            last.op, last.srcs, last.params = "mul_mat", (mm.srcs[0], cur), {}
+        else:
+            last.op, last.srcs, last.params = "add", (ctx.mul_mat(mm.srcs[0], cur).set_name(mm.name), b), {}
+        n += 1
+    return n
+
+
 Layout = tuple[Tensor, tuple, tuple, int]  # base, ne, nb, byte offset: the value as a strided view of base
 
 
@@ -276,15 +353,20 @@ def elide_copies(graph: Graph) -> int:
     return sum(rewritten.get(id(t), 0) for t in Graph(graph.outputs).nodes) if rewritten else 0
 
 
-PASSES = {"sam_attention": fuse_sam_attention, "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act,
-          "bias_residual": fuse_bias_residual, "copies": elide_copies}
+PASSES = {"sam_attention": fuse_sam_attention, "linear_crop": move_linear_past_crop,
+          "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act, "bias_residual": fuse_bias_residual,
+          "copies": elide_copies}
+# passes whose graph gives the unfused graph's values to float rounding, not bit for bit
+REROUNDING = frozenset({"linear_crop"})
 
 
-def fuse(graph: Graph, passes=None, report: dict | None = None) -> Graph:
-    """Run the passes (default: all) on `graph`; returns a new Graph over its outputs (`graph` itself when
-    nothing matched)."""
+def fuse(graph: Graph, passes=None, report: dict | None = None, same_bits: bool = False) -> Graph:
+    """Run the passes (default: all; with `same_bits`, those that keep every value bit for bit) on `graph`;
+    returns a new Graph over its outputs (`graph` itself when nothing matched)."""
     total = 0
     for name in passes or PASSES:
+        if same_bits and name in REROUNDING:
+            continue
         k = PASSES[name](graph)
         total += k
         if report is not None:

@@ -98,7 +98,7 @@ class Encoder:
         self.arena: Arena | None = Arena(grow=grow) if reserve else None
         self.batch_tokens = batch_tokens
         self.reservations: dict[str, Reservation] = {}
-        self._pages: dict[tuple, PageGraph] = {}  # encode's built graphs, by (grid, mode, fuse)
+        self._pages: dict[tuple, PageGraph] = {}  # encode's built graphs, by (grid, mode, fuse, fast)
 
     @property
     def numerics(self) -> str:
@@ -113,8 +113,12 @@ class Encoder:
         return self.builder_cls(self.model, self.mode)
 
     def prepare(self, graph: Graph) -> Graph:
-        """The graph as it will run: with fused ops unless `fuse=False`."""
-        return fuse_graph(graph) if self.fuse else graph
+        """The graph as it will run: with fused ops unless `fuse=False`. With the reference kernels, or under ggml
+        numerics (whose fast products are the reference's bits, as GELU's f16 table turns a last-bit change into
+        an f16 step), only the passes that keep every value bit for bit."""
+        if not self.fuse:
+            return graph
+        return fuse_graph(graph, same_bits=not self.fast or self.numerics == "ggml")
 
     # --- reserve once ------------------------------------------------------------------------------------------
     def worst_case_page(self) -> tuple[tuple[int, int] | None, Graph, int]:
@@ -205,9 +209,9 @@ class Encoder:
 
     def _page(self, grid: tuple[int, int] | None) -> PageGraph:
         """`build(grid)` for encode, kept for the next page of the same grid (building and fusing a full-size page
-        takes ~0.1 s); the last PAGES_KEPT grids are kept, keyed by what the graph depends on (`mode` and `fuse`
-        are public attributes a caller may change between encodes)."""
-        key = (grid, self.mode, self.fuse)
+        takes ~0.1 s); the last PAGES_KEPT grids are kept, keyed by what the graph depends on (`mode`, `fuse` and
+        `fast` are public attributes a caller may change between encodes)."""
+        key = (grid, self.mode, self.fuse, self.fast)
         page = self._pages.pop(key, None) or self.build(grid)
         self._pages[key] = page
         while len(self._pages) > PAGES_KEPT:

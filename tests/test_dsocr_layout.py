@@ -161,3 +161,19 @@ def test_encoder_rebuilds_its_page_when_the_mode_changes():
     second = enc.encode(image)
     assert second.page is not first.page
     np.testing.assert_array_equal(second.embeddings, Encoder(model("v1"), "llama.cpp").encode(image).embeddings)
+
+
+def test_encoder_rebuilds_its_page_when_the_kernels_change():
+    """The kept page graph belongs to one choice of kernels too (with the reference kernels only the passes that
+    keep every value bit for bit run): after `enc.fast` changes, encode gives what a fresh Encoder gives."""
+    image = Path(__file__).parent / "fixtures" / "images" / "doc_620x560.png"
+    enc = Encoder(model("v1"), "reference")
+    first = enc.encode(image, no_tiles=True)
+    enc.fast = False
+    second = enc.encode(image, no_tiles=True)
+    assert second.page is not first.page
+    fresh = Encoder(model("v1"), "reference", fast=False).encode(image, no_tiles=True)
+    np.testing.assert_array_equal(second.embeddings, fresh.embeddings)
+    cropped = [sum(n.op == "mul_mat" and "attn.out" in n.srcs[0].name and n.ne[1:] == (64, 64, 1)
+                   for n in r.page.graph.nodes) for r in (first, second)]
+    assert cropped == [8, 0]  # the windowed layers' projections, on the 64 x 64 tokens after the crop

@@ -1,5 +1,5 @@
-"""The fusion passes (SAM attention, layer-norm affine, bias + activation, copy elision): fused graph == unfused
-graph, and they find exactly the expected patterns."""
+"""The fusion passes (SAM attention, projection past the window crop, layer-norm affine, bias + activation, bias +
+residual, copy elision): fused graph == unfused graph, and they find exactly the expected patterns."""
 
 from __future__ import annotations
 
@@ -117,8 +117,8 @@ def test_pass_skips_a_shared_mask():
     ("mmproj-tiny-dsocr2-f32.gguf", (2, 2), 24),
 ])
 def test_pass_count_on_page_graphs(gguf, grid, expected):
-    """One fused attention per SAM layer and view group (tiles, global); the CLIP/Qwen attention (no rel-pos
-    mask) is left alone."""
+    """One fused attention per SAM layer and view group (tiles, global), one projection moved past the crop per
+    windowed layer (every view here pads its windows); the CLIP/Qwen attention (no rel-pos mask) is left alone."""
     model = load_mmproj(MODELS / gguf)
     enc = Encoder(model, "reference", fuse=False)
     page = enc.build(grid)
@@ -131,8 +131,9 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     report = {}
     graph = fuse(page.graph, report=report)
     # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
+    windowed = (n_layers - len(model.hparams.sam_global_layers)) * expected // n_layers
     assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
-        "sam_attention": expected, "norm_affine": n_norms, "bias_act": n_acts}
+        "sam_attention": expected, "linear_crop": windowed, "norm_affine": n_norms, "bias_act": n_acts}
     # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
     assert report["bias_residual"] >= n_acts
     ops = [n.op for n in graph.nodes]
@@ -147,6 +148,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     assert report["copies"] >= 4 * expected and n_conts - ops.count("cont") >= 4 * expected
     assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
     assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == 0
+    assert passes.move_linear_past_crop(graph) == 0
 
 
 @pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False)])
@@ -380,3 +382,88 @@ def test_elide_copies_on_sam_operands():
     a = ctx.input("f32", (4, 3, 1, 1), "a")
     merged = ctx.reshape_2d(ctx.cont(ctx.transpose(a)), 12, 1)
     assert passes.strided_layout(merged) is None
+
+
+def window_proj_graph(w: int, h: int, window: int, c: int, B: int, bias: bool = True, seed: int = 0):
+    """A SAM windowed layer's end as `build_sam` builds it: the output projection of the windows' attention
+    (`[c, window * window * n_windows]`), the builder's copy, `window_unpartition` (which crops the padding) and
+    the residual add."""
+    from npggml.models.sam import SamBuilder
+
+    rng = np.random.default_rng(seed)
+    ctx = Context()
+    n_win = -(-w // window) * -(-h // window) * B
+    x = ctx.input("f32", (c, window * window * n_win), "x")
+    wo = ctx.input("f32", (c, c), "wo")
+    b = ctx.input("f32", (c,), "b") if bias else None
+    shortcut = ctx.input("f32", (c, w, h, B), "shortcut")
+    values = {t: rng.standard_normal(tuple(reversed(t.ne))).astype(F32) for t in (x, wo, b, shortcut) if t}
+    cur = ctx.mul_mat(wo, x)
+    if bias:
+        cur = ctx.add(cur, b)
+    cur = ctx.reshape_4d(ctx.cont(cur), c, window, window, n_win)
+    builder = SamBuilder.__new__(SamBuilder)
+    builder.ctx = ctx
+    cur = builder.window_unpartition(cur, w, h, window)
+    return ClipGraph.cb(ctx.add(cur, shortcut), "sam_layer_out", 1), values
+
+
+def _graph_flops(graph: Graph) -> float:
+    from npggml.ops import registry
+
+    return sum(float(f(n)) for n in graph.nodes if (f := registry.get(n.op).flops) is not None)
+
+
+@settings(max_examples=30, deadline=None)
+@given(w=st.integers(1, 9), h=st.integers(1, 9), window=st.integers(2, 5), c=st.sampled_from([4, 8, 12]),
+       B=st.integers(1, 3), bias=st.booleans(), numerics=st.sampled_from(["exact", "ggml"]))
+def test_linear_crop_computes_the_kept_rows(w, h, window, c, B, bias, numerics):
+    """The projection moves past the unpartition when it crops padding: the product then has one row per token
+    of the image (not of the padded windows), the flops drop by the padding rows' products and biases, the last
+    copy keeps its name, and the value is the unfused graph's to float rounding (BLAS rounds a row's sums by where
+    the row sits in the matrix), with the reference kernels and the fast ones. Without padding there is nothing
+    to gain and the graph is left alone."""
+    out, values = window_proj_graph(w, h, window, c, B, bias)
+    g0 = Graph(out)
+    out1, values1 = window_proj_graph(w, h, window, c, B, bias)
+    report = {}
+    g1 = fuse(Graph(out1), passes=["linear_crop"], report=report)
+    padded = w % window or h % window
+    event(f"padding: {bool(padded)}")
+    assert report["linear_crop"] == int(bool(padded))
+    if not padded:
+        return
+    (mm,) = [n for n in g1.nodes if n.op == "mul_mat"]
+    assert mm.ne == (c, w, h, B) and mm.srcs[1].op == "cont" and mm.srcs[1].name.startswith("x ")
+    n_win = -(-w // window) * -(-h // window) * B
+    dropped = window * window * n_win - w * h * B  # rows: the product's (and the bias's) flops of each go
+    assert _graph_flops(g0) - _graph_flops(g1) == (2.0 * c + bias) * c * dropped
+    last = g1.nodes[-1].srcs[0]
+    assert last.op == ("add" if bias else "mul_mat") and last.ne == (c, w, h, B) and "(cont)" in last.name
+    for fast in (False, True):
+        (want,) = Interpreter(g0, numerics=numerics, fast=fast).run(values)
+        (got,) = Interpreter(g1, numerics=numerics, fast=fast).run(values1)
+        assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_linear_crop_skips():
+    """Left alone: a product another node also reads, a weight that is not square, moves that are not whole rows
+    (a transpose), and a chain that keeps every row."""
+    out, _ = window_proj_graph(5, 4, 3, 8, 1)
+    ctx = Context()
+    bias_add = out.srcs[0]
+    while bias_add.op != "add":
+        bias_add = bias_add.srcs[0]
+    mm = bias_add.srcs[0]
+    assert passes.move_linear_past_crop(Graph([out, ctx.sum_rows(mm)])) == 0
+    x = ctx.input("f32", (6, 20), "x")
+    crop = ctx.cont(ctx.view_2d(ctx.mul_mat(ctx.input("f32", (6, 8), "w"), x), 8, 10, 32, 0))
+    assert passes.move_linear_past_crop(Graph(crop)) == 0  # 6 -> 8 features
+    y = ctx.mul_mat(ctx.input("f32", (8, 8), "w2"), ctx.input("f32", (8, 20), "y"))
+    assert passes.move_linear_past_crop(Graph(ctx.cont(ctx.view_2d(y, 8, 10, 32, 0)))) == 1
+    y = ctx.mul_mat(ctx.input("f32", (8, 8), "w3"), ctx.input("f32", (8, 20), "y"))
+    assert passes.move_linear_past_crop(Graph(ctx.cont(ctx.view_2d(ctx.transpose(y), 10, 8, 80, 0)))) == 0
+    y = ctx.mul_mat(ctx.input("f32", (8, 8), "w4"), ctx.input("f32", (8, 20), "y"))
+    assert passes.move_linear_past_crop(Graph(ctx.cont(ctx.view_2d(y, 4, 20, 32, 0)))) == 0  # half rows
+    y = ctx.mul_mat(ctx.input("f32", (8, 8), "w5"), ctx.input("f32", (8, 20), "y"))
+    assert passes.move_linear_past_crop(Graph(ctx.cont(ctx.permute(ctx.reshape_3d(y, 8, 4, 5), 0, 2, 1, 3)))) == 0
