@@ -11,9 +11,9 @@ Passes:
   -> `sam_rel_attn(q, k, v, rel_w, rel_h, scale)` (see `npggml.ops.fast.sam_attn`).
 - `move_linear_past_crop`: a linear layer (one square weight, a bias row or none) whose value is then only moved
   about row by row and cropped (SAM's window unpartition drops the windows' padding) -> the moves first, then the
-  layer on the rows that remain (SAM's output projection skips 9-16 % of its rows). The same rows, each computed
-  the same way, but BLAS rounds a row by where it sits in the matrix: the values of the unfused graph to float
-  rounding, not bit for bit, so `fuse(..., same_bits=True)` skips it (the Encoder with the reference kernels
+  layer on the rows that remain (SAM's output projection skips the padding: 9-26 % of its rows). The same rows,
+  each computed the same way, but BLAS rounds a row by where it sits in the matrix: the unfused graph's values to
+  float rounding, not bit for bit, so `fuse(..., same_bits=True)` skips it (the Encoder with the reference kernels
   or under ggml numerics).
 - `fuse_norm_affine`: a layer norm's scale and shift, `add(mul(norm(a), w), b)` (or `rms_norm`, or no add) with
   w and b one row each -> `norm_affine(a, w, b, eps, rms)`: one pass over the rows instead of three. The fused
@@ -239,13 +239,15 @@ def move_linear_past_crop(graph: Graph) -> int:
             chain.append(u)
             t = u
         copies = [i for i, u in enumerate(chain) if not u.is_view]
-        if not copies or chain[copies[-1]].nelements >= top.nelements:
+        if not copies:
             continue
-        *moves, last = chain[: copies[-1] + 1]
+        last = chain[copies[-1]]
+        if last.nelements >= top.nelements or last.ne[0] != top.ne[0]:
+            continue
         ctx = Context()
         cur = x
-        for u in (*moves, last):  # named by their rules, after x: `kqv_out-3 (reshaped) (permuted) (cont)`
-            if u is not last and u.op == "cont" and cur.is_contiguous():
+        for u in chain[: copies[-1] + 1]:  # named by their rules, after x: `kqv_out-3 (reshaped) (cont)`
+            if u.op == "cont" and cur.is_contiguous():
                 continue  # a copy of packed rows: the rows as they are
             cur = ctx.build(registry.get(u.op), cur, **u.params)
         if b is None:

@@ -434,7 +434,7 @@ def test_linear_crop_computes_the_kept_rows(w, h, window, c, B, bias, numerics):
     if not padded:
         return
     (mm,) = [n for n in g1.nodes if n.op == "mul_mat"]
-    assert mm.ne == (c, w, h, B) and mm.srcs[1].op == "cont" and mm.srcs[1].name.startswith("x ")
+    assert mm.ne == mm.srcs[1].ne == (c, w, h, B) and mm.srcs[1].name.startswith("x ")  # the moves, on x
     n_win = -(-w // window) * -(-h // window) * B
     dropped = window * window * n_win - w * h * B  # rows: the product's (and the bias's) flops of each go
     assert _graph_flops(g0) - _graph_flops(g1) == (2.0 * c + bias) * c * dropped
@@ -448,7 +448,7 @@ def test_linear_crop_computes_the_kept_rows(w, h, window, c, B, bias, numerics):
 
 def test_linear_crop_skips():
     """Left alone: a product another node also reads, a weight that is not square, moves that are not whole rows
-    (a transpose), and a chain that keeps every row."""
+    (a transpose, half rows), a chain that keeps every row, one that ends in rows of two of the layer's rows."""
     out, _ = window_proj_graph(5, 4, 3, 8, 1)
     ctx = Context()
     bias_add = out.srcs[0]
@@ -467,3 +467,6 @@ def test_linear_crop_skips():
     assert passes.move_linear_past_crop(Graph(ctx.cont(ctx.view_2d(y, 4, 20, 32, 0)))) == 0  # half rows
     y = ctx.mul_mat(ctx.input("f32", (8, 8), "w5"), ctx.input("f32", (8, 20), "y"))
     assert passes.move_linear_past_crop(Graph(ctx.cont(ctx.permute(ctx.reshape_3d(y, 8, 4, 5), 0, 2, 1, 3)))) == 0
+    y = ctx.mul_mat(ctx.input("f32", (8, 8), "w6"), ctx.input("f32", (8, 20), "y"))
+    pairs = ctx.cont(ctx.view_2d(ctx.reshape_2d(y, 16, 10), 16, 5, 64, 0))  # whole rows, but two to a row
+    assert passes.move_linear_past_crop(Graph(pairs)) == 0
