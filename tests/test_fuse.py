@@ -1,5 +1,6 @@
 """The fusion passes (SAM attention, projection past the window crop, layer-norm affine, bias + activation, bias +
-residual, copy elision): fused graph == unfused graph, and they find exactly the expected patterns."""
+residual, copy elision): fused graph == unfused graph (bit for bit, or to float rounding where a pass says so), and
+they find exactly the expected patterns."""
 
 from __future__ import annotations
 
