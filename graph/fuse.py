@@ -205,8 +205,8 @@ def _moves_rows(t: Tensor, c: int) -> bool:
 
 def _linear(t: Tensor, users: dict[int, list[Tensor]]) -> tuple[Tensor, Tensor | None, Tensor] | None:
     """(mul_mat, bias, x) if t is `mul_mat(w, x)` or `add(mul_mat(w, x), b)` (b one row, the product read by the
-    add alone) with w one square f32-output matrix and x packed like the product: the rows of t are a function of
-    the rows of x alone, each the same function."""
+    add alone) with w one square f32-output matrix and x packed (so like the product): the rows of t are a function
+    of the rows of x alone, each the same function."""
     mm, b = t, None
     if t.op == "add" and not t.is_view and t.srcs[0].op == "mul_mat" and _only_user(t.srcs[0], t, users):
         mm, b = t.srcs
@@ -216,7 +216,7 @@ def _linear(t: Tensor, users: dict[int, list[Tensor]]) -> tuple[Tensor, Tensor |
         return None
     w, x = mm.srcs
     square = w.ne[0] == w.ne[1] and w.ne[2] == w.ne[3] == 1
-    if not square or x.dtype != "f32" or x.ne != mm.ne or not x.is_contiguous():
+    if not square or x.dtype != "f32" or not x.is_contiguous():
         return None
     return mm, b, x
 
@@ -238,15 +238,14 @@ def move_linear_past_crop(graph: Graph) -> int:
         while (u := _sole_user(t, users)) is not None and _moves_rows(u, top.ne[0]):
             chain.append(u)
             t = u
-        copies = [i for i, u in enumerate(chain) if not u.is_view]
-        if not copies:
+        while chain and chain[-1].is_view:  # the moves end with their last copy, which becomes the layer
+            chain.pop()
+        if not chain or chain[-1].nelements >= top.nelements or chain[-1].ne[0] != top.ne[0]:
             continue
-        last = chain[copies[-1]]
-        if last.nelements >= top.nelements or last.ne[0] != top.ne[0]:
-            continue
+        last = chain[-1]
         ctx = Context()
         cur = x
-        for u in chain[: copies[-1] + 1]:  # named by their rules, after x: `kqv_out-3 (reshaped) (cont)`
+        for u in chain:  # named by their rules, after x: `kqv_out-3 (reshaped) (cont)`
             if u.op == "cont" and cur.is_contiguous():
                 continue  # a copy of packed rows: the rows as they are
             cur = ctx.build(registry.get(u.op), cur, **u.params)

@@ -16,6 +16,7 @@ from npggml.graph.context import Context
 from npggml.graph.fuse import fuse, fuse_bias_act, fuse_norm_affine, fuse_sam_attention
 from npggml.graph.graph import Graph
 from npggml.graph.interp import Interpreter
+from npggml.graph.printer import summary
 from npggml.models.clip import ClipGraph
 from npggml.models.encode import Encoder
 from npggml.models.gguf_io import load_mmproj
@@ -409,12 +410,6 @@ def window_proj_graph(w: int, h: int, window: int, c: int, B: int, bias: bool = 
     return ClipGraph.cb(ctx.add(cur, shortcut), "sam_layer_out", 1), values
 
 
-def _graph_flops(graph: Graph) -> float:
-    from npggml.ops import registry
-
-    return sum(float(f(n)) for n in graph.nodes if (f := registry.get(n.op).flops) is not None)
-
-
 @settings(max_examples=30, deadline=None)
 @given(w=st.integers(1, 9), h=st.integers(1, 9), window=st.integers(2, 5), c=st.sampled_from([4, 8, 12]),
        B=st.integers(1, 3), bias=st.booleans(), numerics=st.sampled_from(["exact", "ggml"]))
@@ -438,7 +433,7 @@ def test_linear_crop_computes_the_kept_rows(w, h, window, c, B, bias, numerics):
     assert mm.ne == mm.srcs[1].ne == (c, w, h, B) and mm.srcs[1].name.startswith("x ")  # the moves, on x
     n_win = -(-w // window) * -(-h // window) * B
     dropped = window * window * n_win - w * h * B  # rows: the product's (and the bias's) flops of each go
-    assert _graph_flops(g0) - _graph_flops(g1) == (2.0 * c + bias) * c * dropped
+    assert summary(g0)["flops"] - summary(g1)["flops"] == (2.0 * c + bias) * c * dropped
     last = g1.nodes[-1].srcs[0]
     assert last.op == ("add" if bias else "mul_mat") and last.ne == (c, w, h, B) and "(cont)" in last.name
     for fast in (False, True):
