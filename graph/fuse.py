@@ -15,6 +15,12 @@ Passes:
   each computed the same way, but BLAS rounds a row by where it sits in the matrix: the unfused graph's values to
   float rounding, not bit for bit, so `fuse(..., same_bits=True)` skips it (the Encoder with the reference kernels
   or under ggml numerics).
+- `gather_linear_rows`: a product `mul_mat(w, x)` (w one matrix) whose operand x is a value padded with zero rows
+  and / or moved about row by row (SAM's window partition: a pad to whole windows, then a permuted copy)
+  -> `mul_mat_rows(w, b, rows)` over the value b itself, with x's row numbers as a constant: the pad and the copy
+  go, and the fast kernel multiplies only the rows that are not padding (9-26 % of the windowed layers' qkv rows).
+  With the reference kernels and under ggml numerics the gathered operand is the unfused one, bit for bit; the fast
+  reference-mode kernel multiplies the rows packed, which rounds differently (BLAS, as above): `same_bits` skips it.
 - `fuse_norm_affine`: a layer norm's scale and shift, `add(mul(norm(a), w), b)` (or `rms_norm`, or no add) with
   w and b one row each -> `norm_affine(a, w, b, eps, rms)`: one pass over the rows instead of three. The fused
   node keeps the name of the node it replaces (`norm_b-3`, `ffn_inp_normed-3`): the same value, bit for bit.
@@ -33,8 +39,11 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from npggml.graph.context import Context
 from npggml.graph.graph import Graph
+from npggml.graph.interp import Interpreter
 from npggml.graph.tensor import OUTPUT, Tensor
 from npggml.ops import registry
 from npggml.ops.elementwise import BIAS_ACTS
@@ -257,6 +266,71 @@ def move_linear_past_crop(graph: Graph) -> int:
     return n
 
 
+def _at_width(u: Tensor, c: int, n: int) -> dict | None:
+    """The params of the row move u (over rows of c floats) for the same move over rows of n floats: sizes of
+    dim 0, strides and offsets scaled by n / c; None for a move that cannot be scaled (`reshape` takes a shape
+    tensor, a stride that is not a multiple of a row)."""
+    if u.op == "reshape":
+        return None
+    params = dict(u.params)
+    for key, v in u.params.items():
+        unit = c if key == "ne0" else 4 * c if key.startswith(("nb", "offset")) else None
+        if unit is not None:
+            if v % unit:
+                return None
+            params[key] = v // c * n
+    return params
+
+
+PADS = frozenset({"pad", "pad_ext"})
+
+
+def _pads_rows(t: Tensor, c: int) -> bool:
+    """t zero-pads a value made of rows of c floats with whole rows (dim 0 untouched)."""
+    p = t.params
+    return t.op in PADS and t.ne[0] % c == 0 and not (p["p0"] if t.op == "pad" else p["lp0"] or p["rp0"])
+
+
+def _row_numbers(chain: list[Tensor], b: Tensor, c: int) -> np.ndarray:
+    """Which row of b (rows of c floats, counted in memory order) each row at the end of `chain` holds, -1 for a
+    padding row: the same moves and pads run on b's row numbers, one float a row (exact below 2**24 rows)."""
+    n = b.nelements // c
+    ctx = Context()
+    cur = ctx.constant(np.arange(1, n + 1, dtype=np.float32).reshape(b.shape[:-1] + (b.ne[0] // c,)), "rows")
+    for u in chain:
+        cur = ctx.build(registry.get(u.op), cur, **_at_width(u, c, 1))
+    value = Interpreter(Graph([ctx.cont(cur)]), numerics="exact", fast=False).run()[0]
+    return (value.astype(np.int64) - 1).astype(np.int32).reshape(value.shape[:-1])
+
+
+def gather_linear_rows(graph: Graph) -> int:
+    """Rewrite every product `mul_mat(w, x)` (w one matrix) whose operand x is a value b padded with zero rows
+    and / or moved about row by row (SAM's window partition: a pad, then a permuted copy) into
+    `mul_mat_rows(w, b, rows)` with the row numbers of the moves as a constant: the pads and copies go, and the
+    fast kernel does not multiply the padding rows. Returns the number rewritten."""
+    users = graph.consumers()
+    n = 0
+    for mm in list(graph.nodes):
+        if mm.op != "mul_mat" or mm.is_view or mm.dtype != "f32":
+            continue
+        w, x = mm.srcs
+        c = w.ne[0]
+        if w.ne[2] != 1 or w.ne[3] != 1 or x.dtype != "f32":
+            continue
+        chain, t = [], x
+        while (_moves_rows(t, c) or _pads_rows(t, c)) and _sole_user(t, users) is (chain[0] if chain else mm):
+            chain.insert(0, t)
+            t = t.srcs[0]
+        if t.dtype != "f32" or not t.is_contiguous() or t.ne[0] % c or t.nelements // c >= 1 << 24:
+            continue
+        if not any(u.op in PADS or not u.is_view for u in chain) or any(_at_width(u, c, 1) is None for u in chain):
+            continue  # nothing is copied: the product reads t itself already
+        rows = Context().constant(_row_numbers(chain, t, c), "rows").set_name(f"{mm.name} rows")
+        mm.op, mm.srcs, mm.params = "mul_mat_rows", (w, t, rows), {}
+        n += 1
+    return n
+
+
 Layout = tuple[Tensor, tuple, tuple, int]  # base, ne, nb, byte offset: the value as a strided view of base
 
 
@@ -355,10 +429,11 @@ def elide_copies(graph: Graph) -> int:
 
 
 PASSES = {"sam_attention": fuse_sam_attention, "linear_crop": move_linear_past_crop,
+          "linear_rows": gather_linear_rows,
           "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act, "bias_residual": fuse_bias_residual,
           "copies": elide_copies}
 # passes whose graph gives the unfused graph's values to float rounding, not bit for bit
-REROUNDING = frozenset({"linear_crop"})
+REROUNDING = frozenset({"linear_crop", "linear_rows"})
 
 
 def fuse(graph: Graph, passes=None, report: dict | None = None, same_bits: bool = False) -> Graph:

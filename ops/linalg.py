@@ -100,3 +100,47 @@ def _mul_mat(out, a, b):
     a = a.astype(F32, copy=False)
     b = b.astype(F32, copy=False)
     return np.matmul(b, broadcast_a(a, b.shape).swapaxes(-1, -2))
+
+
+def _mul_mat_rows_flops(n) -> float:
+    """The rows that are not padding (all of them when the row index is not a constant)."""
+    rows = n.srcs[2].data
+    kept = n.nelements // n.ne[0] if rows is None else int(np.count_nonzero(np.asarray(rows) >= 0))
+    return 2.0 * n.srcs[0].ne[0] * n.ne[0] * kept
+
+
+@op("mul_mat_rows", ggml="MUL_MAT_ROWS", srcs=3, flops=_mul_mat_rows_flops)
+def mul_mat_rows(a, b, rows):
+    """`mul_mat(a, x)` where x, [K, R0, R1, R2], is gathered from b's rows of K: x[:, i, j, l] is b's row number
+    rows[i, j, l] (b's rows counted in memory order), a zero row where that is -1. The fused form of a product
+    whose operand is b padded with zeros and moved about row by row (`npggml.graph.fuse.gather_linear_rows`)."""
+    K = a.ne[0]
+    require(a.ne[2] == a.ne[3] == 1, f"a must be one matrix, got {a.ne_str()}")
+    require(not a.nb[0] > a.nb[1], "a must not be transposed")
+    require(b.dtype == "f32" and b.is_contiguous(), f"b must be packed f32, got {b.dtype} {b.ne_str()}")
+    require(b.ne[0] % K == 0, f"b's rows ({b.ne[0]}) must be whole rows of a.ne0 = {K}")
+    require(rows.dtype == "i32" and rows.is_contiguous() and rows.ne[3] == 1,
+            f"rows must be packed i32 [R0, R1, R2, 1], got {rows.dtype} {rows.ne_str()}")
+    return Out((a.ne[1], *rows.ne[:3]), "f32")
+
+
+def rows_in_range(idx: np.ndarray, n: int) -> bool:
+    return not idx.size or (idx.min() >= -1 and idx.max() < n)
+
+
+def gather_rows(b: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """x (R2, R1, R0, k): b's rows of k picked by `rows` (R2, R1, R0) in NumPy order, zeros where -1."""
+    src = b.reshape(-1, k)
+    idx = rows.reshape(-1)
+    if not rows_in_range(idx, src.shape[0]):
+        raise ValueError(f"row numbers must be -1 or in [0, {src.shape[0]}), got {idx.min()}..{idx.max()}")
+    x = np.zeros((idx.size, k), b.dtype)
+    keep = idx >= 0
+    x[keep] = src[idx[keep]]
+    return x.reshape(*rows.shape[1:], k)
+
+
+@mul_mat_rows.kernel
+def _mul_mat_rows(out, a, b, rows):
+    """The gathered operand, then `mul_mat`'s own kernel: the unfused product's value, bit for bit."""
+    return _mul_mat(out, a, gather_rows(b, rows, a.shape[-1]))

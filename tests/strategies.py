@@ -469,6 +469,19 @@ def _mul_mat(draw, op):
     return Case(op, [a, draw(src((k, n, b2, b3), "f32", "rows"))])
 
 
+@strategy("mul_mat_rows")
+@st.composite
+def _mul_mat_rows(draw, op):
+    """a one matrix [k, m]; b packed f32 with rows of j*k floats; row numbers in [-1, b's rows of k): zero rows,
+    repeats and any order."""
+    k, m, j = draw(st.integers(1, 8)), draw(st.integers(1, 6)), draw(st.integers(1, 2))
+    b_ne = (k * j, draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    n_rows = int(np.prod(b_ne)) // k
+    r_ne = (draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(1, 2)), 1)
+    rows = Src(values(draw(seeds), r_ne, "i32", -1, n_rows - 1), "i32")
+    return Case(op, [draw(src((k, m, 1, 1), FLOATS, "rows")), draw(src(b_ne, "f32", "contig")), rows])
+
+
 @strategy("soft_max_ext")
 @st.composite
 def _soft_max(draw, op):

@@ -1,5 +1,6 @@
-"""The fusion passes (SAM attention, projection past the window crop, layer-norm affine, bias + activation, bias +
-residual, copy elision): fused graph == unfused graph (bit for bit, or to float rounding where a pass says so), and
+"""The fusion passes (SAM attention, projection past the window crop, products of gathered rows, layer-norm affine,
+bias + activation, bias + residual, copy elision): fused graph == unfused graph (bit for bit, or to float rounding
+where a pass says so), and
 they find exactly the expected patterns."""
 
 from __future__ import annotations
@@ -113,14 +114,16 @@ def test_pass_skips_a_shared_mask():
     assert fuse_sam_attention(graph) == 0
 
 
-@pytest.mark.parametrize("gguf,grid,expected", [
-    ("mmproj-tiny-dsocr-f32.gguf", None, 12),
-    ("mmproj-tiny-dsocr-f32.gguf", (3, 2), 24),
-    ("mmproj-tiny-dsocr2-f32.gguf", (2, 2), 24),
+@pytest.mark.parametrize("gguf,grid,expected,projector_rows", [
+    ("mmproj-tiny-dsocr-f32.gguf", None, 12, 0),
+    ("mmproj-tiny-dsocr-f32.gguf", (3, 2), 24, 0),
+    ("mmproj-tiny-dsocr2-f32.gguf", (2, 2), 24, 2),
 ])
-def test_pass_count_on_page_graphs(gguf, grid, expected):
-    """One fused attention per SAM layer and view group (tiles, global), one projection moved past the crop per
-    windowed layer (every view here pads its windows); the CLIP/Qwen attention (no rel-pos mask) is left alone."""
+def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
+    """One fused attention per SAM layer and view group (tiles, global), one projection moved past the crop and
+    one qkv product of gathered rows per windowed layer (every view here pads its windows), and in v2 the
+    projector's product of the query tokens' rows (a cropped copy before) per view group; the CLIP/Qwen attention
+    (no rel-pos mask) is left alone."""
     model = load_mmproj(MODELS / gguf)
     enc = Encoder(model, "reference", fuse=False)
     page = enc.build(grid)
@@ -135,13 +138,16 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
     windowed = (n_layers - len(model.hparams.sam_global_layers)) * expected // n_layers
     assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
-        "sam_attention": expected, "linear_crop": windowed, "norm_affine": n_norms, "bias_act": n_acts}
+        "sam_attention": expected, "linear_crop": windowed, "linear_rows": windowed + projector_rows,
+        "norm_affine": n_norms, "bias_act": n_acts}
     # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
     assert report["bias_residual"] >= n_acts
     ops = [n.op for n in graph.nodes]
     assert "norm" not in ops and "rms_norm" not in ops and ops.count("norm_affine") == n_norms
     assert ops.count("sam_rel_attn") == expected
     assert ops.count("soft_max_ext") == before - expected > 0
+    # every windowed layer's qkv product reads its layer's normed input through a row index (no pad, no copy)
+    assert ops.count("mul_mat_rows") == windowed + projector_rows and "pad" not in ops
     # q, k and v of every SAM attention read the qkv product itself: its q, k, v and v-transposed copies are gone,
     # and so is the q copy the rel-pos products read (their own copy of q now reads the product)
     for node in graph.nodes:
@@ -150,7 +156,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected):
     assert report["copies"] >= 4 * expected and n_conts - ops.count("cont") >= 4 * expected
     assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
     assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == 0
-    assert passes.move_linear_past_crop(graph) == 0
+    assert passes.move_linear_past_crop(graph) == passes.gather_linear_rows(graph) == 0
 
 
 @pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False)])
@@ -466,3 +472,71 @@ def test_linear_crop_skips():
     y = ctx.mul_mat(ctx.input("f32", (8, 8), "w6"), ctx.input("f32", (8, 20), "y"))
     pairs = ctx.cont(ctx.view_2d(ctx.reshape_2d(y, 16, 10), 16, 5, 64, 0))  # whole rows, but two to a row
     assert passes.move_linear_past_crop(Graph(pairs)) == 0
+
+
+def window_qkv_graph(w: int, h: int, window: int, c: int, n: int, B: int, bias: bool = True, seed: int = 0):
+    """A SAM windowed layer's start as `build_sam` builds it: the normed input x `[c, w, h, B]`,
+    `window_partition` (a pad to whole windows, then a permuted copy) and the qkv product `[n, ...]`, its bias."""
+    from npggml.models.sam import SamBuilder
+
+    rng = np.random.default_rng(seed)
+    ctx = Context()
+    x = ctx.input("f32", (c, w, h, B), "x")
+    wqkv = ctx.input("f32", (c, n), "wqkv")
+    b = ctx.input("f32", (n,), "b") if bias else None
+    values = {t: rng.standard_normal(tuple(reversed(t.ne))).astype(F32) for t in (x, wqkv, b) if t}
+    builder = SamBuilder.__new__(SamBuilder)
+    builder.ctx = ctx
+    cur = ctx.mul_mat(wqkv, builder.window_partition(x, window))
+    return (ctx.add(cur, b) if bias else cur), values
+
+
+@settings(max_examples=30, deadline=None)
+@given(w=st.integers(1, 9), h=st.integers(1, 9), window=st.integers(2, 5), c=st.sampled_from([4, 8]),
+       n=st.sampled_from([4, 12]), B=st.integers(1, 3), bias=st.booleans())
+def test_linear_rows_multiplies_the_image_rows(w, h, window, c, n, B, bias):
+    """The qkv product of the windows becomes `mul_mat_rows` over the layer's input itself: the pad and the
+    partition's copy go, the flops drop by exactly the padding rows' products, and the value is the unfused
+    graph's: bit for bit with the reference kernels and under ggml numerics (the operand is gathered whole), to
+    float rounding with the fast kernels (BLAS rounds a row by where it sits in the matrix)."""
+    out, values = window_qkv_graph(w, h, window, c, n, B, bias)
+    g0 = Graph(out)
+    out1, values1 = window_qkv_graph(w, h, window, c, n, B, bias)
+    report = {}
+    g1 = fuse(Graph(out1), passes=["linear_rows"], report=report)
+    assert report["linear_rows"] == 1
+    (mm,) = [t for t in g1.nodes if t.op.startswith("mul_mat")]
+    assert mm.op == "mul_mat_rows" and mm.srcs[1].name == "x"
+    assert [t.op for t in g1.nodes] == [mm.op] + ["add"] * bias  # no pad, no copy
+    n_win = -(-w // window) * -(-h // window) * B
+    padding = window * window * n_win - w * h * B
+    event(f"padding: {bool(padding)}")
+    assert summary(g0)["flops"] - summary(g1)["flops"] == 2.0 * c * n * padding
+    for numerics, fast in (("exact", False), ("ggml", False), ("ggml", True), ("exact", True)):
+        (want,) = Interpreter(g0, numerics=numerics, fast=fast).run(values)
+        (got,) = Interpreter(g1, numerics=numerics, fast=fast).run(values1)
+        if numerics == "exact" and fast:
+            assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+        else:
+            np.testing.assert_array_equal(got, want)
+
+
+def test_linear_rows_skips():
+    """Left alone: a partition copy another node also reads, moves that are not whole rows (a transpose), a pad of
+    dim 0, a product that only reads a reshape (nothing is copied), a stack of weights."""
+    out, _ = window_qkv_graph(5, 4, 3, 8, 12, 1)
+    part = out.srcs[0].srcs[1].srcs[0]  # the partition's copy, under its reshape
+    assert part.op == "cont"
+    assert passes.gather_linear_rows(Graph([out, Context().sum_rows(part)])) == 0
+    ctx = Context()
+    w = ctx.input("f32", (8, 6), "w")
+    y = ctx.input("f32", (8, 10), "y")
+    transposed = ctx.cont(ctx.transpose(ctx.input("f32", (10, 8), "t")))
+    assert passes.gather_linear_rows(Graph(ctx.mul_mat(w, transposed))) == 0
+    half_rows = ctx.pad(ctx.input("f32", (4, 10), "z"), 4, 0, 0, 0)
+    assert passes.gather_linear_rows(Graph(ctx.mul_mat(w, half_rows))) == 0
+    assert passes.gather_linear_rows(Graph(ctx.mul_mat(w, ctx.reshape_3d(y, 8, 5, 2)))) == 0
+    stack = ctx.input("f32", (8, 6, 2), "stack")
+    padded = ctx.pad(ctx.reshape_3d(y, 8, 5, 2), 0, 1, 0, 0)
+    assert passes.gather_linear_rows(Graph(ctx.mul_mat(stack, padded))) == 0
+    assert passes.gather_linear_rows(Graph(ctx.mul_mat(w, ctx.pad(y, 0, 2, 0, 0)))) == 1  # the control

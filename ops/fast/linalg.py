@@ -6,13 +6,16 @@ same bits as the reference on every BLAS build."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from npggml.ops import registry
 from npggml.ops.fast import _blas
 from npggml.ops.fast._common import F32
-from npggml.ops.linalg import ggml_matmul
+from npggml.ops.linalg import gather_rows, ggml_matmul, rows_in_range
 from npggml.ops.registry import ggml_numerics
+
+serial = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 def blas_ready(x: np.ndarray) -> np.ndarray:
@@ -58,3 +61,46 @@ def mul_mat_fast(dst, out, a, b):
         ggml_matmul(a, b, out.srcs[0].dtype, out=dst)
         return None
     matmul_bt(blas_ready(b.astype(F32, copy=False)), blas_ready(a), dst)
+
+
+@serial
+def _spread(res, keep):
+    """The first len(keep) rows of res moved to rows keep (ascending), every other row zeroed: from the last row
+    down, so that no row is overwritten before it has moved (keep[j] >= j). Element loops: a row slice assigned
+    from another row of the same array went through a temporary (2.5x slower)."""
+    j = keep.shape[0] - 1
+    for i in range(res.shape[0] - 1, -1, -1):
+        if j >= 0 and keep[j] == i:
+            if i != j:
+                for q in range(res.shape[1]):
+                    res[i, q] = res[j, q]
+            j -= 1
+        else:
+            for q in range(res.shape[1]):
+                res[i, q] = 0.0
+
+
+@registry.get("mul_mat_rows").fast_kernel
+def mul_mat_rows_fast(dst, out, a, b, rows):
+    """Only the rows that are not padding are multiplied: each share of the result's rows gathers its operand rows
+    (the padding left out), one sgemm writes their products to the share's first rows, which then move to their
+    places and the padding rows get zeros. Under ggml numerics the reference kernel's product of the gathered
+    operand, padding included (`ggml_matmul`: the same bits)."""
+    if dst.dtype != F32 or not dst.flags.c_contiguous:
+        return NotImplemented
+    k, m = a.shape[-1], a.shape[-2]
+    src, idx, res = b.reshape(-1, k), rows.reshape(-1), dst.reshape(-1, m)
+    if not rows_in_range(idx, src.shape[0]):
+        return NotImplemented  # the reference kernel says what is wrong
+    if ggml_numerics():
+        ggml_matmul(a, gather_rows(b, rows, k), out.srcs[0].dtype, out=dst)
+        return None
+    wt = blas_ready(a)[0, 0].T
+    _blas.use_own_threads()
+
+    def share(lo, hi):
+        keep = np.flatnonzero(idx[lo:hi] >= 0)
+        np.matmul(src[idx[lo:hi][keep]], wt, out=res[lo:lo + keep.size])
+        _spread(res[lo:hi], keep)
+
+    _blas.run_split(share, idx.size, min_chunk=max(16, idx.size // (2 * _blas.workers())))
