@@ -19,8 +19,9 @@ Passes:
   and / or moved about row by row (SAM's window partition: a pad to whole windows, then a permuted copy)
   -> `mul_mat_rows(w, b, rows)` over the value b itself, with x's row numbers as a constant: the pad and the copy
   go, and the fast kernel multiplies only the rows that are not padding (9-26 % of the windowed layers' qkv rows).
-  With the reference kernels and under ggml numerics the gathered operand is the unfused one, bit for bit; the fast
-  reference-mode kernel multiplies the rows packed, which rounds differently (BLAS, as above): `same_bits` skips it.
+  With the reference kernels and under ggml numerics the gathered operand is the unfused one, bit for bit; the
+  fast reference-mode kernel multiplies the rows packed, which rounds differently (BLAS, as above): `same_bits`
+  skips it.
 - `fuse_norm_affine`: a layer norm's scale and shift, `add(mul(norm(a), w), b)` (or `rms_norm`, or no add) with
   w and b one row each -> `norm_affine(a, w, b, eps, rms)`: one pass over the rows instead of three. The fused
   node keeps the name of the node it replaces (`norm_b-3`, `ffn_inp_normed-3`): the same value, bit for bit.
