@@ -322,6 +322,8 @@ def gather_linear_rows(graph: Graph) -> int:
         while (_moves_rows(t, c) or _pads_rows(t, c)) and _sole_user(t, users) is (chain[0] if chain else mm):
             chain.insert(0, t)
             t = t.srcs[0]
+        while chain and not (t.is_contiguous() and t.ne[0] % c == 0):  # read the last packed value on the way
+            t = chain.pop(0)
         if t.dtype != "f32" or not t.is_contiguous() or t.ne[0] % c or t.nelements // c >= 1 << 24:
             continue
         if not any(u.op in PADS or not u.is_view for u in chain) or any(_at_width(u, c, 1) is None for u in chain):
@@ -439,15 +441,14 @@ REROUNDING = frozenset({"linear_crop", "linear_rows"})
 
 def fuse(graph: Graph, passes=None, report: dict | None = None, same_bits: bool = False) -> Graph:
     """Run the passes (default: all; with `same_bits`, those that keep every value bit for bit) on `graph`;
-    returns a new Graph over its outputs (`graph` itself when nothing matched)."""
-    total = 0
+    returns a new Graph over its outputs (`graph` itself when nothing matched). Each pass sees the nodes the
+    passes before it made (a projection moved past the crop reads moved rows a later pass may gather)."""
     for name in passes or PASSES:
         if same_bits and name in REROUNDING:
             continue
         k = PASSES[name](graph)
-        total += k
+        if k:
+            graph = Graph(graph.outputs)
         if report is not None:
             report[name] = k
-    if total == 0:
-        return graph
-    return Graph(graph.outputs)
+    return graph

@@ -120,10 +120,11 @@ def test_pass_skips_a_shared_mask():
     ("mmproj-tiny-dsocr2-f32.gguf", (2, 2), 24, 2),
 ])
 def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
-    """One fused attention per SAM layer and view group (tiles, global), one projection moved past the crop and
-    one qkv product of gathered rows per windowed layer (every view here pads its windows), and in v2 the
-    projector's product of the query tokens' rows (a cropped copy before) per view group; the CLIP/Qwen attention
-    (no rel-pos mask) is left alone."""
+    """One fused attention per SAM layer and view group (tiles, global); per windowed layer (every view here pads
+    its windows) one projection moved past the crop, and two products of gathered rows: the qkv product (of the
+    padded windows) and that projection (of the unpartitioned, cropped attention output); in v2 also the
+    projector's product of the query tokens' rows (a cropped copy before) per view group. The CLIP/Qwen
+    attention (no rel-pos mask) is left alone."""
     model = load_mmproj(MODELS / gguf)
     enc = Encoder(model, "reference", fuse=False)
     page = enc.build(grid)
@@ -138,7 +139,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
     windowed = (n_layers - len(model.hparams.sam_global_layers)) * expected // n_layers
     assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
-        "sam_attention": expected, "linear_crop": windowed, "linear_rows": windowed + projector_rows,
+        "sam_attention": expected, "linear_crop": windowed, "linear_rows": 2 * windowed + projector_rows,
         "norm_affine": n_norms, "bias_act": n_acts}
     # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
     assert report["bias_residual"] >= n_acts
@@ -147,7 +148,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     assert ops.count("sam_rel_attn") == expected
     assert ops.count("soft_max_ext") == before - expected > 0
     # every windowed layer's qkv product reads its layer's normed input through a row index (no pad, no copy)
-    assert ops.count("mul_mat_rows") == windowed + projector_rows and "pad" not in ops
+    assert ops.count("mul_mat_rows") == 2 * windowed + projector_rows and "pad" not in ops
     # q, k and v of every SAM attention read the qkv product itself: its q, k, v and v-transposed copies are gone,
     # and so is the q copy the rel-pos products read (their own copy of q now reads the product)
     for node in graph.nodes:
