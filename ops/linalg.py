@@ -8,6 +8,10 @@ float32 BLAS product per matrix of the stack, on contiguous operands, at a fixed
 makes the result independent of how a fast kernel would cut the work (some BLAS builds give other last bits for
 another cut, and ggml numerics amplify one ulp through f16 tables), so the fast kernel and the fused attention
 call the same function and reproduce these bits on any CPU. Summation order is the BLAS's, not ggml's.
+
+`mul_mat_rows` (not a ggml op: the fused form `npggml.graph.fuse.gather_linear_rows` makes) is `mul_mat` of an
+operand gathered from another tensor's rows, zero rows included; its reference kernel gathers, then runs
+`mul_mat`'s own kernel.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 buffer, a broadcast over dims 2/3 by integer division as a reshape (no copies of a). Operands whose rows are
 not unit-stride are made contiguous first (BLAS needs one unit stride). Under ggml numerics the product is the
 reference kernel's own `ops.linalg.ggml_matmul`, written into the node's buffer: no cutting over the pool, so the
-same bits as the reference on every BLAS build."""
+same bits as the reference on every BLAS build. `mul_mat_rows`: the same sgemm over the rows it gathers, padding
+rows left out (see its kernel)."""
 
 from __future__ import annotations
 
