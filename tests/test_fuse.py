@@ -541,3 +541,54 @@ def test_linear_rows_skips():
     padded = ctx.pad(ctx.reshape_3d(y, 8, 5, 2), 0, 1, 0, 0)
     assert passes.gather_linear_rows(Graph(ctx.mul_mat(stack, padded))) == 0
     assert passes.gather_linear_rows(Graph(ctx.mul_mat(w, ctx.pad(y, 0, 2, 0, 0)))) == 1  # the control
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_linear_rows_after_any_row_moves(data):
+    """Any chain of zero pads (dims 1-3), permutes that keep dim 0, copies and reshapes between a packed value b
+    and a product: the pass rewrites it when the chain copies or pads, into a product over b whose flops drop by
+    exactly the padding rows', with the unfused graph's value (bits: reference kernels, ggml numerics; rounding:
+    the fast reference-mode kernel)."""
+    draw = data.draw
+    c, m = draw(st.sampled_from([2, 4])), draw(st.integers(1, 3))
+    ctx = Context()
+    b = ctx.input("f32", (c, draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 2))), "b")
+    w = ctx.input("f32", (c, m), "w")
+    cur, padded, copies = b, False, False
+    for step in draw(st.lists(st.sampled_from(["pad", "permute", "cont", "reshape"]), min_size=1, max_size=5)):
+        if step == "pad":
+            pads = [draw(st.integers(0, 2)) for _ in range(3)]
+            cur, padded = ctx.pad(cur, 0, *pads), padded or any(pads)
+            copies = True
+        elif step == "permute":
+            cur = ctx.permute(cur, 0, *draw(st.permutations([1, 2, 3])))
+        elif step == "cont":
+            cur, copies = ctx.cont(cur), True
+        elif cur.is_contiguous():  # rows of k rows, or the rows as one dim
+            k = draw(st.sampled_from([d for d in (1, 2, 3) if cur.ne[1] % d == 0]))
+            cur = ctx.reshape_4d(cur, cur.ne[0] * k, cur.ne[1] // k, cur.ne[2], cur.ne[3])
+    if cur.ne[0] != c:  # back to rows of c for the product
+        if not cur.is_contiguous():
+            cur, copies = ctx.cont(cur), True
+        cur = ctx.reshape_4d(cur, c, cur.nelements // c, 1, 1)
+    out = ctx.mul_mat(w, cur)
+    rng = np.random.default_rng(draw(st.integers(0, 9)))
+    values = {t: rng.standard_normal(tuple(reversed(t.ne))).astype(F32) for t in (b, w)}
+    g0 = Graph(out)
+    want = {(n, f): Interpreter(g0, numerics=n, fast=f).run(values)[0] for n in ("exact", "ggml") for f in (0, 1)}
+    flops0 = summary(g0)["flops"]
+    report = {}
+    g1 = fuse(Graph(out), passes=["linear_rows"], report=report)
+    event(f"rewritten: {report['linear_rows']}, padded: {padded}")
+    assert report["linear_rows"] == int(copies)
+    if copies:
+        assert out.op == "mul_mat_rows" and out.srcs[1] is b
+        padding = cur.nelements // c - b.nelements // c
+        assert flops0 - summary(g1)["flops"] == 2.0 * c * m * padding and (padding > 0) == padded
+    for (numerics, fast), v in want.items():
+        (got,) = Interpreter(g1, numerics=numerics, fast=fast).run(values)
+        if numerics == "exact" and fast:
+            assert np.abs(got - v).max() <= 1e-6 * np.abs(v).max()
+        else:
+            np.testing.assert_array_equal(got, v)
