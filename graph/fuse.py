@@ -18,7 +18,8 @@ Passes:
 - `gather_linear_rows`: a product `mul_mat(w, x)` (w one matrix) whose operand x is a value padded with zero rows
   and / or moved about row by row (SAM's window partition: a pad to whole windows, then a permuted copy)
   -> `mul_mat_rows(w, b, rows)` over the value b itself, with x's row numbers as a constant: the pad and the copy
-  go, and the fast kernel multiplies only the rows that are not padding (9-26 % of the windowed layers' qkv rows).
+  go, and the fast kernel multiplies only the rows that are not padding (9-26 % of the windowed layers' qkv rows);
+  the same takes the unpartition's and the crop's copies before the projection `move_linear_past_crop` moved.
   With the reference kernels and under ggml numerics the gathered operand is the unfused one, bit for bit; the
   fast reference-mode kernel multiplies the rows packed, which rounds differently (BLAS, as above): `same_bits`
   skips it.
@@ -308,7 +309,9 @@ def gather_linear_rows(graph: Graph) -> int:
     """Rewrite every product `mul_mat(w, x)` (w one matrix) whose operand x is a value b padded with zero rows
     and / or moved about row by row (SAM's window partition: a pad, then a permuted copy) into
     `mul_mat_rows(w, b, rows)` with the row numbers of the moves as a constant: the pads and copies go, and the
-    fast kernel does not multiply the padding rows. Returns the number rewritten."""
+    fast kernel does not multiply the padding rows. b is the last packed value on the way down from x (a moved
+    projection's operand goes back to the attention output's token rows, not past them to its heads). Returns
+    the number rewritten."""
     users = graph.consumers()
     n = 0
     for mm in list(graph.nodes):
