@@ -147,7 +147,8 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     assert "norm" not in ops and "rms_norm" not in ops and ops.count("norm_affine") == n_norms
     assert ops.count("sam_rel_attn") == expected
     assert ops.count("soft_max_ext") == before - expected > 0
-    # every windowed layer's qkv product reads its layer's normed input through a row index (no pad, no copy)
+    # the qkv products read their layer's normed input, the moved projections the attention output, through row
+    # numbers: no pad, no partition / unpartition / crop copy
     assert ops.count("mul_mat_rows") == 2 * windowed + projector_rows and "pad" not in ops
     # q, k and v of every SAM attention read the qkv product itself: its q, k, v and v-transposed copies are gone,
     # and so is the q copy the rel-pos products read (their own copy of q now reads the product)
