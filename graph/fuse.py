@@ -268,10 +268,10 @@ def move_linear_past_crop(graph: Graph) -> int:
     return n
 
 
-def _at_width(u: Tensor, c: int, n: int) -> dict | None:
-    """The params of the row move u (over rows of c floats) for the same move over rows of n floats: sizes of
-    dim 0, strides and offsets scaled by n / c; None for a move that cannot be scaled (`reshape` takes a shape
-    tensor, a stride that is not a multiple of a row)."""
+def _one_float_a_row(u: Tensor, c: int) -> dict | None:
+    """The params of the row move or pad u (over rows of c floats) for the same move over rows of one float:
+    dim 0's size divided by c, strides and offsets by 4c bytes; None for a move that cannot be scaled (`reshape`
+    takes a shape tensor, a stride that is not a multiple of a row)."""
     if u.op == "reshape":
         return None
     params = dict(u.params)
@@ -280,7 +280,7 @@ def _at_width(u: Tensor, c: int, n: int) -> dict | None:
         if unit is not None:
             if v % unit:
                 return None
-            params[key] = v // c * n
+            params[key] = v // c
     return params
 
 
@@ -290,17 +290,19 @@ PADS = frozenset({"pad", "pad_ext"})
 def _pads_rows(t: Tensor, c: int) -> bool:
     """t zero-pads a value made of rows of c floats with whole rows (dim 0 untouched)."""
     p = t.params
-    return t.op in PADS and t.ne[0] % c == 0 and not (p["p0"] if t.op == "pad" else p["lp0"] or p["rp0"])
+    return (t.op in PADS and t.dtype == "f32" and t.ne[0] % c == 0
+            and not (p["p0"] if t.op == "pad" else p["lp0"] or p["rp0"]))
 
 
-def _row_numbers(chain: list[Tensor], b: Tensor, c: int) -> np.ndarray:
+def _row_numbers(chain: list[Tensor], moves: list[dict], b: Tensor, c: int) -> np.ndarray:
     """Which row of b (rows of c floats, counted in memory order) each row at the end of `chain` holds, -1 for a
-    padding row: the same moves and pads run on b's row numbers, one float a row (exact below 2**24 rows)."""
+    padding row: the same moves and pads (`moves`: their params at one float a row) run on b's row numbers
+    (exact below 2**24 rows)."""
     n = b.nelements // c
     ctx = Context()
     cur = ctx.constant(np.arange(1, n + 1, dtype=np.float32).reshape(b.shape[:-1] + (b.ne[0] // c,)), "rows")
-    for u in chain:
-        cur = ctx.build(registry.get(u.op), cur, **_at_width(u, c, 1))
+    for u, params in zip(chain, moves):
+        cur = ctx.build(registry.get(u.op), cur, **params)
     value = Interpreter(Graph([ctx.cont(cur)]), numerics="exact", fast=False).run()[0]
     return (value.astype(np.int64) - 1).astype(np.int32).reshape(value.shape[:-1])
 
@@ -327,11 +329,10 @@ def gather_linear_rows(graph: Graph) -> int:
             t = t.srcs[0]
         while chain and not (t.is_contiguous() and t.ne[0] % c == 0):  # read the last packed value on the way
             t = chain.pop(0)
-        if t.dtype != "f32" or not t.is_contiguous() or t.ne[0] % c or t.nelements // c >= 1 << 24:
-            continue
-        if not any(u.op in PADS or not u.is_view for u in chain) or any(_at_width(u, c, 1) is None for u in chain):
-            continue  # nothing is copied: the product reads t itself already
-        rows = Context().constant(_row_numbers(chain, t, c), "rows").set_name(f"{mm.name} rows")
+        moves = [_one_float_a_row(u, c) for u in chain]
+        if not any(u.op in PADS or not u.is_view for u in chain) or None in moves or t.nelements // c >= 1 << 24:
+            continue  # nothing is copied (the product reads t itself already), or a move without a row form
+        rows = Context().constant(_row_numbers(chain, moves, t, c), "rows").set_name(f"{mm.name} rows")
         mm.op, mm.srcs, mm.params = "mul_mat_rows", (w, t, rows), {}
         n += 1
     return n

@@ -1,7 +1,6 @@
 """The fusion passes (SAM attention, projection past the window crop, products of gathered rows, layer-norm affine,
 bias + activation, bias + residual, copy elision): fused graph == unfused graph (bit for bit, or to float rounding
-where a pass says so), and
-they find exactly the expected patterns."""
+where a pass says so), and they find exactly the expected patterns."""
 
 from __future__ import annotations
 
@@ -26,10 +25,20 @@ MODELS = Path(__file__).parent / "fixtures" / "models"
 F32 = np.float32
 
 
+def sam_builder(ctx: Context):
+    """A `SamBuilder` whose graph-building helpers (window partition, rel-pos tables) build into ctx, without a
+    model."""
+    from npggml.models.sam import SamBuilder
+
+    builder = SamBuilder.__new__(SamBuilder)
+    builder.ctx = ctx
+    return builder
+
+
 def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int = 0):
     """The rel-pos attention sub-graph exactly as `SamBuilder.build_sam` + `ClipGraph.build_attn` build it,
     on random Q/K/V and rel-pos tables (`[D, 2S-1]` gathered with the builder's index inputs)."""
-    from npggml.models.sam import SamBuilder, rel_pos_indices
+    from npggml.models.sam import rel_pos_indices
 
     rng = np.random.default_rng(seed)
     ctx = Context()
@@ -49,8 +58,7 @@ def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int 
     pos_h = inp((D, 2 * Hh - 1), "pos_h")
     idx_w = inp((W, W), "idx_w", rel_pos_indices(W))
     idx_h = inp((Hh, Hh), "idx_h", rel_pos_indices(Hh))
-    b = SamBuilder.__new__(SamBuilder)
-    b.ctx = ctx
+    b = sam_builder(ctx)
     rw = b.get_rel_pos(pos_w, idx_w, W, W)
     rh = b.get_rel_pos(pos_h, idx_h, Hh, Hh)
     qr = ctx.reshape_4d(ctx.cont(ctx.permute(Q, 0, 2, 1, 3)), D, W, Hh, B * n_heads)
@@ -398,8 +406,6 @@ def window_proj_graph(w: int, h: int, window: int, c: int, B: int, bias: bool = 
     """A SAM windowed layer's end as `build_sam` builds it: the output projection of the windows' attention
     (`[c, window * window * n_windows]`), the builder's copy, `window_unpartition` (which crops the padding) and
     the residual add."""
-    from npggml.models.sam import SamBuilder
-
     rng = np.random.default_rng(seed)
     ctx = Context()
     n_win = -(-w // window) * -(-h // window) * B
@@ -412,9 +418,7 @@ def window_proj_graph(w: int, h: int, window: int, c: int, B: int, bias: bool = 
     if bias:
         cur = ctx.add(cur, b)
     cur = ctx.reshape_4d(ctx.cont(cur), c, window, window, n_win)
-    builder = SamBuilder.__new__(SamBuilder)
-    builder.ctx = ctx
-    cur = builder.window_unpartition(cur, w, h, window)
+    cur = sam_builder(ctx).window_unpartition(cur, w, h, window)
     return ClipGraph.cb(ctx.add(cur, shortcut), "sam_layer_out", 1), values
 
 
@@ -479,17 +483,13 @@ def test_linear_crop_skips():
 def window_qkv_graph(w: int, h: int, window: int, c: int, n: int, B: int, bias: bool = True, seed: int = 0):
     """A SAM windowed layer's start as `build_sam` builds it: the normed input x `[c, w, h, B]`,
     `window_partition` (a pad to whole windows, then a permuted copy) and the qkv product `[n, ...]`, its bias."""
-    from npggml.models.sam import SamBuilder
-
     rng = np.random.default_rng(seed)
     ctx = Context()
     x = ctx.input("f32", (c, w, h, B), "x")
     wqkv = ctx.input("f32", (c, n), "wqkv")
     b = ctx.input("f32", (n,), "b") if bias else None
     values = {t: rng.standard_normal(tuple(reversed(t.ne))).astype(F32) for t in (x, wqkv, b) if t}
-    builder = SamBuilder.__new__(SamBuilder)
-    builder.ctx = ctx
-    cur = ctx.mul_mat(wqkv, builder.window_partition(x, window))
+    cur = ctx.mul_mat(wqkv, sam_builder(ctx).window_partition(x, window))
     return (ctx.add(cur, b) if bias else cur), values
 
 

@@ -24,11 +24,10 @@ import math
 import numba
 import numpy as np
 
-from npggml.ops.fast._common import F32, F64, helper, kernel, row_of
+from npggml.ops.fast._common import F32, F64, helper, kernel, row_of, serial
 
 INV_SQRT2 = F64(0.70710678118654752440)
 MARGIN_LO, MARGIN_HI = F64(1.0 - 1e-10), F64(1.0 + 1e-10)
-serial = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 # fma contraction only (no reassociation): each chain step becomes one fma; the result moves by ~1e-16 relative,

@@ -7,16 +7,13 @@ rows left out (see its kernel)."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from npggml.ops import registry
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32
+from npggml.ops.fast._common import F32, serial
 from npggml.ops.linalg import gather_rows, ggml_matmul, rows_in_range
 from npggml.ops.registry import ggml_numerics
-
-serial = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 def blas_ready(x: np.ndarray) -> np.ndarray:

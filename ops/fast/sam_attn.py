@@ -37,7 +37,7 @@ import numpy as np
 from npggml.graph.tensor import Tensor, packed_nb
 from npggml.ops import registry
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, exp32_neg, is_f32, kernel
+from npggml.ops.fast._common import F32, F64, exp32_neg, is_f32, kernel, serial
 from npggml.ops.fast.softmax import softmax_row_ggml
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
@@ -109,7 +109,6 @@ def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
     return ref("mul_mat", _standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
 
 
-serial = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 # The reference-mode passes may contract a*b + c into an fma (the exp polynomial runs ~30 % faster): both passes
 # form the biased scores the same way, so the max is the max of exactly what the exp pass exponentiates.
 serial_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
