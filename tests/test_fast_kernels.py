@@ -159,6 +159,32 @@ def test_exp32_neg_softmax_domain():
     np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.nan])
 
 
+def test_exp32_lean_softmax_domain():
+    """The SAM attention's exp of x - max <= 0: within 1.2 ulp of exp on [-86.5, 0], exp(-86.5) from there down
+    (-inf included: 2.7e-38 of a probability whose largest is 1), NaN kept."""
+    import numba
+
+    from npggml.ops.fast._common import exp32_lean
+
+    @numba.njit
+    def run(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp32_lean(x[i])
+
+    x = np.concatenate([np.linspace(np.nextafter(np.float32(-86.5), 0), 0, 1_000_003, dtype=np.float32),
+                        np.float32(-1) * np.logspace(-30, 1, 10_000, dtype=np.float32)])
+    out = np.empty_like(x)
+    run(x, out)
+    exact = np.exp(x.astype(np.float64))
+    ulps = np.abs(out - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 1.2, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
+    special = np.array([0.0, -0.0, -86.5, -200.0, -np.inf, np.nan], np.float32)
+    got = np.empty_like(special)
+    run(special, got)
+    assert got[0] == got[1] == 1 and np.isnan(got[5])
+    np.testing.assert_allclose(got[2:5], np.exp(-86.5), rtol=1e-6)
+
+
 def test_v_expf_bitwise_with_reference():
     """ggml's SIMD exp as the fast kernels inline it (no table, saturation by selects) gives the reference
     emulation's bits on its whole range, at the saturation edges and for the special values."""
@@ -270,6 +296,20 @@ def test_sam_rel_attn_small_tasks_random(monkeypatch):
         _check_case("sam_rel_attn", "exact", case)
 
     check()
+
+
+@pytest.mark.parametrize("strided", [True, False])
+def test_sam_rel_attn_non_finite_scores(strided):
+    """NaN and infinite scores give NaN exactly where the reference's softmax does (a NaN in a query, a key of
+    +inf scores, a query whose biased scores are all -inf), and -inf scores weigh nothing."""
+    case = _sam_case(6, 4, 4, 2, 2, strided)
+    q, k, _, rel_w, rel_h = (s.value for s in case.srcs)  # NumPy order: q (B, H, Nq, D), rel_w (H*B, Nq, 1, W)
+    q[0, 0, 1, 2] = np.nan  # query 1 of head 0: all its scores NaN
+    k[1, 1, 5, 0] = np.inf  # key 5 of batch 1, head 1: +-inf scores (by the sign of each query's q[0])
+    rel_w[1, 2] = -np.inf  # query 2 of batch 0, head 1: every biased score -inf
+    rel_h[2, 4, 1] = -np.inf  # query 4 of batch 1, head 0: the keys of row kh = 1 -inf, the others finite
+    _, used_fast = _check_case("sam_rel_attn", "exact", case)
+    assert used_fast
 
 
 @settings(max_examples=60, deadline=None)

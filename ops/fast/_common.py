@@ -95,6 +95,28 @@ def exp32_neg(x):
     return e if x == x else x
 
 
+# 2**f on |f| <= 1/2: `numpy.polynomial.chebyshev.chebfit` of exp2 at 200 Chebyshev points, degree 6, in powers of
+# f (`cheb2poly`), rounded to float32: relative error 1.8e-8 (2.6e-9 before the rounding; degree 5: 1.0e-7)
+_Q = tuple(F32(float.fromhex(h)) for h in ("0x1p0", "0x1.62e430p-1", "0x1.ebfbe0p-3", "0x1.c6aeccp-5",
+                                            "0x1.3b29d8p-7", "0x1.5f48c8p-10", "0x1.446c7ep-13"))
+_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6 = _Q
+_LOG2E_LO = F32(float.fromhex("0x1.4ae0c0p-26"))  # log2(e) - _LOG2E
+
+
+@helper
+def exp32_lean(x):
+    """exp(x) for x <= 0 in fewer steps than `exp32_neg`, for the SAM attention's exponential pass: 2**n times a
+    degree-6 polynomial in f = x log2(e) - n (log2 e in two parts, so that f keeps float32 accuracy at large |x|)
+    and one select, the clamp. Within 1.2 ulp of exp on [-86.5, 0]; from there down (-inf too) exp(-86.5) =
+    2.7e-38 instead of 0; NaN stays NaN (the clamp keeps it, so a NaN score still makes its query's sum NaN).
+    Without `exp32_neg`'s flush to zero and NaN select and with one degree less it is ~1/5 faster in that pass."""
+    xc = _EXP_LO if x < _EXP_LO else x
+    z = fmaf(xc, _LOG2E, _SHIFT)
+    f = fmaf(xc, _LOG2E_LO, fmaf(xc, _LOG2E, -(z - _SHIFT)))
+    p = fmaf(fmaf(fmaf(fmaf(fmaf(fmaf(_Q6, f, _Q5), f, _Q4), f, _Q3), f, _Q2), f, _Q1), f, _Q0)
+    return p * _i32_as_f32((_f32_as_i32(z) + 127) << 23)
+
+
 @helper
 def onto(src, dst):
     """dst = src unless they are the same memory, so that a kernel can go on reading and writing dst alone: LLVM
