@@ -301,7 +301,8 @@ def test_sam_rel_attn_small_tasks_random(monkeypatch):
 @pytest.mark.parametrize("strided", [True, False])
 def test_sam_rel_attn_non_finite_scores(strided):
     """NaN and infinite scores give NaN exactly where the reference's softmax does (a NaN in a query, a key of
-    +inf scores, a query whose biased scores are all -inf), and -inf scores weigh nothing."""
+    +inf scores, a query whose biased scores are all -inf); -inf scores among finite ones weigh nothing (to float
+    rounding: the fast exponential gives them 2.7e-38)."""
     case = _sam_case(6, 4, 4, 2, 2, strided)
     q, k, _, rel_w, rel_h = (s.value for s in case.srcs)  # NumPy order: q (B, H, Nq, D), rel_w (H*B, Nq, 1, W)
     q[0, 0, 1, 2] = np.nan  # query 1 of head 0: all its scores NaN

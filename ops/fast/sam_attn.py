@@ -20,7 +20,7 @@ windowed layers then took 0.52-0.63 s instead of 0.07-0.12; a head split into 8 
 copied dense once per thread and head, 1-2 MiB that BLAS then packs faster), computes its scores key-major with one
 single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across the
 queries: the max of the scaled and biased scores (read only), then their exponentials in place with each query's
-sum (float32 sums of 8 keys added into a double, keys in order; `exp32_lean`, within 1.2 ulp of exp), multiplies v
+sum (float32 sums of 8 keys added into a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies v
 by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and writes each
 query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before the product: the
 same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head
@@ -142,9 +142,9 @@ def _max_cols(sT, rwT, rhT, scale, colmax):
 @serial_fma
 def _exp_cols(sT, rwT, rhT, scale, colmax, acc, part):
     """sT = exp(s*scale + (rel_w + rel_h) - colmax) in place (the biased scores again, as `_max_cols` formed
-    them; `exp32_lean`), acc = their sum per query: float32 sums of 8 keys (in `part`) added into a double, keys
-    in order. Two key rows a step, whose exponentials are independent chains (~10 % faster than one row; adding
-    each row to the double sum took a third of the pass)."""
+    them; `exp32_lean`), acc = their sum per query: float32 sums of 8 keys (9 after an odd row count W; in `part`)
+    added into a double, in key order (~6 % faster than adding each row, converted, into the double sum). Two key
+    rows a step, whose exponentials are independent chains (~10 % faster than one row a step)."""
     W, Hh = rwT.shape[0], rhT.shape[0]
     qb = sT.shape[1]
     acc[:] = 0.0
