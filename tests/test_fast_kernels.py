@@ -106,81 +106,68 @@ def test_gelu_erf_exact_bitwise_on_many_values():
         np.testing.assert_array_equal(out, ref)
 
 
+def _on_each(fn):
+    """A compiled loop of the Numba helper fn over a float32 array."""
+    import numba
+
+    @numba.njit
+    def run(x):
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i] = fn(x[i])
+        return out
+
+    return run
+
+
+def _exp_grid(hi: float) -> np.ndarray:
+    """A million float32 from just above -86.5 up to hi, and 10,000 negative ones from -10 to -1e-30."""
+    return np.concatenate([np.linspace(np.nextafter(np.float32(-86.5), 0), hi, 1_000_003, dtype=np.float32),
+                           np.float32(-1) * np.logspace(-30, 1, 10_000, dtype=np.float32)])
+
+
+def _assert_ulps(x: np.ndarray, got: np.ndarray, most: float) -> None:
+    exact = np.exp(x.astype(np.float64))
+    ulps = np.abs(got - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= most, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
+
+
 def test_exp32_accuracy_and_special_values():
     """The reference-mode attention's float32 exp: within 1 ulp of the exact value on its whole finite range
     (NumPy's own float32 exp is 2.4 ulp off here), zero from -86.5 down, inf from overflow, NaN kept."""
-    import numba
-
     from npggml.ops.fast._common import exp32
 
-    @numba.njit
-    def run(x, out):
-        for i in range(x.shape[0]):
-            out[i] = exp32(x[i])
-
-    x = np.concatenate([np.linspace(np.nextafter(np.float32(-86.5), 0), 88.72, 1_000_003, dtype=np.float32),
-                        np.float32(-1) * np.logspace(-30, 1, 10_000, dtype=np.float32)])
-    out = np.empty_like(x)
-    run(x, out)
-    exact = np.exp(x.astype(np.float64))
-    ulps = np.abs(out - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
-    assert ulps.max() <= 1.0, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
+    run = _on_each(exp32)
+    x = _exp_grid(88.72)
+    _assert_ulps(x, run(x), 1.0)
     special = np.array([0.0, -0.0, -86.5, -200.0, -np.inf, 88.73, 1e30, np.inf, np.nan], np.float32)
-    got = np.empty_like(special)
-    run(special, got)
-    np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
+    np.testing.assert_array_equal(run(special), [1, 1, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
 
 
 def test_exp32_neg_softmax_domain():
     """The softmax passes' exp of x - max <= 0: within 1 ulp of exp on [-86.5, 0], the bits of `exp32` wherever
     its 2**(n-1) is normal, zero from -86.5 down (-inf included), NaN kept."""
-    import numba
-
     from npggml.ops.fast._common import exp32, exp32_neg
 
-    @numba.njit
-    def run(x, out, neg):
-        for i in range(x.shape[0]):
-            out[i] = exp32_neg(x[i]) if neg else exp32(x[i])
-
-    x = np.concatenate([np.linspace(np.nextafter(np.float32(-86.5), 0), 0, 1_000_003, dtype=np.float32),
-                        np.float32(-1) * np.logspace(-30, 1, 10_000, dtype=np.float32)])
-    out, old = np.empty_like(x), np.empty_like(x)
-    run(x, out, True)
-    run(x, old, False)
-    exact = np.exp(x.astype(np.float64))
-    ulps = np.abs(out - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
-    assert ulps.max() <= 1.0, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
+    run = _on_each(exp32_neg)
+    x = _exp_grid(0)
+    out = run(x)
+    _assert_ulps(x, out, 1.0)
     normal = x > -86.3
-    np.testing.assert_array_equal(out[normal], old[normal])
+    np.testing.assert_array_equal(out[normal], _on_each(exp32)(x)[normal])
     special = np.array([0.0, -0.0, -86.5, -200.0, -np.inf, np.nan], np.float32)
-    got = np.empty_like(special)
-    run(special, got, True)
-    np.testing.assert_array_equal(got, [1, 1, 0, 0, 0, np.nan])
+    np.testing.assert_array_equal(run(special), [1, 1, 0, 0, 0, np.nan])
 
 
 def test_exp32_lean_softmax_domain():
     """The SAM attention's exp of x - max <= 0: within 1.2 ulp of exp on [-86.5, 0], exp(-86.5) from there down
     (-inf included: 2.7e-38 of a probability whose largest is 1), NaN kept."""
-    import numba
-
     from npggml.ops.fast._common import exp32_lean
 
-    @numba.njit
-    def run(x, out):
-        for i in range(x.shape[0]):
-            out[i] = exp32_lean(x[i])
-
-    x = np.concatenate([np.linspace(np.nextafter(np.float32(-86.5), 0), 0, 1_000_003, dtype=np.float32),
-                        np.float32(-1) * np.logspace(-30, 1, 10_000, dtype=np.float32)])
-    out = np.empty_like(x)
-    run(x, out)
-    exact = np.exp(x.astype(np.float64))
-    ulps = np.abs(out - exact) / np.spacing(exact.astype(np.float32)).astype(np.float64)
-    assert ulps.max() <= 1.2, f"{ulps.max():.3f} ulp at x = {x[ulps.argmax()]!r}"
-    special = np.array([0.0, -0.0, -86.5, -200.0, -np.inf, np.nan], np.float32)
-    got = np.empty_like(special)
-    run(special, got)
+    run = _on_each(exp32_lean)
+    x = _exp_grid(0)
+    _assert_ulps(x, run(x), 1.2)
+    got = run(np.array([0.0, -0.0, -86.5, -200.0, -np.inf, np.nan], np.float32))
     assert got[0] == got[1] == 1 and np.isnan(got[5])
     np.testing.assert_allclose(got[2:5], np.exp(-86.5), rtol=1e-6)
 
