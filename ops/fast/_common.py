@@ -97,9 +97,9 @@ def exp32_neg(x):
 
 # 2**f on |f| <= 1/2: `numpy.polynomial.chebyshev.chebfit` of exp2 at 200 Chebyshev points, degree 6, in powers of
 # f (`cheb2poly`), rounded to float32: relative error 1.8e-8 (2.6e-9 before the rounding; degree 5: 1.0e-7)
-_Q = tuple(F32(float.fromhex(h)) for h in ("0x1p0", "0x1.62e430p-1", "0x1.ebfbe0p-3", "0x1.c6aeccp-5",
-                                            "0x1.3b29d8p-7", "0x1.5f48c8p-10", "0x1.446c7ep-13"))
-_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6 = _Q
+_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6 = (F32(float.fromhex(h)) for h in ("0x1p0", "0x1.62e430p-1", "0x1.ebfbe0p-3",
+                                                                       "0x1.c6aeccp-5", "0x1.3b29d8p-7",
+                                                                       "0x1.5f48c8p-10", "0x1.446c7ep-13"))
 _LOG2E_LO = F32(float.fromhex("0x1.4ae0c0p-26"))  # log2(e) - _LOG2E
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from npggml.graph.tensor import Tensor, packed_nb
 from npggml.ops import registry
 from npggml.ops.fast import _blas
-from npggml.ops.fast._common import F32, F64, exp32_lean, is_f32, kernel, serial
+from npggml.ops.fast._common import F32, F64, exp32_lean, helper, is_f32, kernel, serial
 from npggml.ops.fast.softmax import softmax_row_ggml
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
@@ -110,14 +110,27 @@ def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
     return ref("mul_mat", _standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
 
 
-# The reference-mode passes may contract a*b + c into an fma (the exp polynomial runs ~30 % faster): both passes
-# form the biased scores the same way, so the max is the max of exactly what the exp pass exponentiates.
+# The reference-mode passes may contract a*b + c into an fma (the exp polynomial runs ~30 % faster); both form
+# the biased scores through one helper, `_biased`.
 serial_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 
 
 # The scores of one block are held key-major, sT[key, query] (the product k @ q_block^T), so every pass below is
 # an elementwise loop over a row of queries, with one running max / sum per query column: each query's
 # reduction still runs over its keys in the reference's order, and the loops vectorise across queries.
+
+
+@helper
+def _biased(row, wr, hr, scale, c):
+    """Query c's biased score in key row `row`: s*scale + (rel_w[kw] + rel_h[kh]), one fma under the passes'
+    contraction; both passes form it here, so the max is the max of exactly what the exp pass exponentiates."""
+    return row[c] * scale + (wr[c] + hr[c])
+
+
+@helper
+def _weight(row, wr, hr, scale, colmax, c):
+    """exp(biased score - the query's max), the softmax numerator (`exp32_lean`)."""
+    return exp32_lean(_biased(row, wr, hr, scale, c) - colmax[c])
 
 
 @serial_fma
@@ -135,16 +148,16 @@ def _max_cols(sT, rwT, rhT, scale, colmax):
             row = sT[kh * W + kw]
             wr = rwT[kw]
             for c in range(qb):
-                tmp[c] = row[c] * scale + (wr[c] + hr[c])
+                tmp[c] = _biased(row, wr, hr, scale, c)
             np.maximum(colmax, tmp, colmax)
 
 
 @serial_fma
 def _exp_cols(sT, rwT, rhT, scale, colmax, acc, part):
-    """sT = exp(s*scale + (rel_w + rel_h) - colmax) in place (the biased scores again, as `_max_cols` formed
-    them; `exp32_lean`), acc = their sum per query: float32 sums of 8 keys (9 after an odd row count W; in `part`)
-    added into a double, in key order (~6 % faster than adding each row, converted, into the double sum). Two key
-    rows a step, whose exponentials are independent chains (~10 % faster than one row a step)."""
+    """sT = exp(s*scale + (rel_w + rel_h) - colmax) in place (`_weight`), acc = their sum per query: float32
+    sums of 8 keys (9 after an odd row count W; in `part`) added into a double, in key order (~6 % faster than
+    adding each row, converted, into the double sum). Two key rows a step, whose exponentials are independent
+    chains (~10 % faster than one row a step)."""
     W, Hh = rwT.shape[0], rhT.shape[0]
     qb = sT.shape[1]
     acc[:] = 0.0
@@ -157,14 +170,13 @@ def _exp_cols(sT, rwT, rhT, scale, colmax, acc, part):
             if kw + 1 < W:
                 r1, w1 = sT[kh * W + kw + 1], rwT[kw + 1]
                 for c in range(qb):
-                    a = exp32_lean(r0[c] * scale + (w0[c] + hr[c]) - colmax[c])
-                    b = exp32_lean(r1[c] * scale + (w1[c] + hr[c]) - colmax[c])
+                    a, b = _weight(r0, w0, hr, scale, colmax, c), _weight(r1, w1, hr, scale, colmax, c)
                     r0[c], r1[c] = a, b
                     part[c] += a + b
                 n += 2
             else:
                 for c in range(qb):
-                    a = exp32_lean(r0[c] * scale + (w0[c] + hr[c]) - colmax[c])
+                    a = _weight(r0, w0, hr, scale, colmax, c)
                     r0[c] = a
                     part[c] += a
                 n += 1
