@@ -9,6 +9,10 @@ Passes:
 - `fuse_sam_attention`: SAM attention with decomposed relative positions,
   `mul_mat(v, soft_max_ext(mul_mat(k, q), reshape_4d(add(repeat_4d(rel_w), rel_h)), scale))`
   -> `sam_rel_attn(q, k, v, rel_w, rel_h, scale)` (see `npggml.ops.fast.sam_attn`).
+- `fuse_rel_pos`: the two rel-pos factors of a `sam_rel_attn` when they are SAM's chains from its own queries
+  (copies of q regrouped by grid row and column, a batched product with the picked table rows
+  `get_rows(table, indices)`, a copy of the columns' result) -> two `sam_rel_pos(q, table, indices)` nodes. Their
+  reference kernel is the replaced product's kernel on that product's operands: the same bits.
 - `move_linear_past_crop`: a linear layer (one square weight, a bias row or none) whose value is then only moved
   about row by row and cropped (SAM's window unpartition drops the windows' padding) -> the moves first, then the
   layer on the rows that remain (SAM's output projection skips the padding: 9-26 % of its rows). The same rows,
@@ -31,10 +35,10 @@ Passes:
 - `fuse_bias_residual`: a linear layer's bias and the residual add after it, `add(add(x, b), y)` (either order of
   the outer add) with b one row and y of x's shape -> `add_res(x, b, y)`, named as the residual add
   (`sam_layer_out-3`): one pass instead of two.
-- `elide_copies`: an operand of `sam_rel_attn` or `cont` that is a copy (`cont`), or a reshape / permute / view
-  of one, re-read as one strided view of the tensor the copy was taken from, when that is possible: SAM's q, k
-  and v then read the qkv product itself, and their four copies a layer (q, k, v, v transposed) drop out. The
-  reading node gets the same values, bit for bit; only where it reads them from changes.
+- `elide_copies`: an operand of `sam_rel_attn`, `sam_rel_pos` or `cont` that is a copy (`cont`), or a reshape /
+  permute / view of one, re-read as one strided view of the tensor the copy was taken from, when that is possible:
+  SAM's q, k and v then read the qkv product itself, and their four copies a layer (q, k, v, v transposed) drop
+  out. The reading node gets the same values, bit for bit; only where it reads them from changes.
 """
 
 from __future__ import annotations
@@ -125,6 +129,89 @@ def fuse_sam_attention(graph: Graph) -> int:
             continue
         node.name = _fused_name(node, users, n)
         node.op, node.srcs, node.params = d.name, srcs, params
+        n += 1
+    return n
+
+
+SWAP12 = (0, 2, 1, 3)  # the permute that swaps dims 1 and 2
+
+
+def _is_op(t: Tensor | None, op: str, axes: tuple | None = None) -> bool:
+    """t is an `op` node (a permute of `axes`, if given)."""
+    if t is None or t.op != op:
+        return False
+    return axes is None or tuple(t.params[f"axis{i}"] for i in range(4)) == axes
+
+
+def _pos_table(a: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(tab, idx) if a is `reshape_3d(get_rows(tab, reshape_1d(idx)))`, SAM's picked rel-pos table [D, S, S] with
+    idx [S, S]."""
+    if not _is_op(a, "reshape_3d") or not _is_op(a.srcs[0], "get_rows"):
+        return None
+    tab, flat = a.srcs[0].srcs
+    if not _is_op(flat, "reshape_1d"):
+        return None
+    idx = flat.srcs[0]
+    S = idx.ne[0]
+    ok = (a.ne == (tab.ne[0], S, S, 1) and idx.ne == (S, S, 1, 1) and idx.dtype == "i32" and idx.is_contiguous()
+          and tab.dtype in ("f32", "f16", "bf16") and tab.ne[2] == tab.ne[3] == 1 and tab.is_contiguous())
+    return (tab, idx) if ok else None
+
+
+def match_rel_pos(attn: Tensor) -> tuple | None:
+    """((tab_w, idx_w), (tab_h, idx_h), width) if the rel-pos factors of the `sam_rel_attn` node `attn` are SAM's
+    chains from its own queries q = permute(Q, SWAP12) (`models.sam`): qr = reshape_4d(cont(permute(Q, SWAP12))),
+    the queries as a grid [D, W, Hh, H*B];
+    rel_w = reshape_4d(cont(permute(mul_mat(table_w, cont(permute(qr, SWAP12))), SWAP12))) and
+    rel_h = reshape_4d(mul_mat(table_h, qr)), each table `_pos_table`; else None."""
+    q, rel_w, rel_h = attn.srcs[0], attn.srcs[3], attn.srcs[4]
+    if not (_is_op(q, "permute", SWAP12) and _is_op(rel_w, "reshape_4d") and _is_op(rel_h, "reshape_4d")):
+        return None
+    mm_h = rel_h.srcs[0]
+    c = rel_w.srcs[0]
+    if not (_is_op(mm_h, "mul_mat") and _is_op(c, "cont") and _is_op(c.srcs[0], "permute", SWAP12)):
+        return None
+    mm_w = c.srcs[0].srcs[0]
+    if not _is_op(mm_w, "mul_mat"):
+        return None
+    qr = mm_h.srcs[1]
+    xw = mm_w.srcs[1]
+    if not (_is_op(xw, "cont") and _is_op(xw.srcs[0], "permute", SWAP12) and xw.srcs[0].srcs[0] is qr):
+        return None
+    if not (_is_op(qr, "reshape_4d") and _is_op(qr.srcs[0], "cont")):
+        return None
+    pq = qr.srcs[0].srcs[0]
+    if not (_is_op(pq, "permute", SWAP12) and pq.srcs[0] is q.srcs[0]):
+        return None
+    D, N, H, B = q.ne
+    W, Hh = qr.ne[1], qr.ne[2]
+    if qr.ne != (D, W, Hh, H * B) or W * Hh != N:
+        return None
+    tw, th = _pos_table(mm_w.srcs[0]), _pos_table(mm_h.srcs[0])
+    if tw is None or th is None or tw[1].ne[0] != W or th[1].ne[0] != Hh:
+        return None
+    return tw, th, W
+
+
+def fuse_rel_pos(graph: Graph) -> int:
+    """Point every `sam_rel_attn` whose rel-pos factors are SAM's chains from its own queries (`match_rel_pos`)
+    at two `sam_rel_pos` nodes that compute them from those queries and the tables: the copies of the queries
+    (two a layer), the small batched products and the copy of their result drop out. Returns the number of
+    attentions rewritten."""
+    d = registry.get("sam_rel_pos")
+    n = 0
+    for attn in list(graph.nodes):
+        if attn.op != "sam_rel_attn" or (m := match_rel_pos(attn)) is None:
+            continue
+        (tab_w, idx_w), (tab_h, idx_h), width = m
+        ctx = Context()
+        layer = attn.name.rsplit("-", 1)[-1]
+        q = attn.srcs[0]
+        rel_w = ctx.build(d, q, tab_w, idx_w, width=width, axis=0).set_name(f"rel_pos_w-{layer}")
+        rel_h = ctx.build(d, q, tab_h, idx_h, width=width, axis=1).set_name(f"rel_pos_h-{layer}")
+        if rel_w.ne != attn.srcs[3].ne or rel_h.ne != attn.srcs[4].ne:
+            continue
+        attn.srcs = (*attn.srcs[:3], rel_w, rel_h)
         n += 1
     return n
 
@@ -403,7 +490,7 @@ def view_of(layout: Layout, name: str) -> Tensor | None:
 
 
 # which sources of which ops may be any strided view (their kernels take strided operands)
-STRIDED_READERS = {"sam_rel_attn": (0, 1, 2), "cont": (0,)}
+STRIDED_READERS = {"sam_rel_attn": (0, 1, 2), "sam_rel_pos": (0,), "cont": (0,)}
 
 
 def _reads_a_copy(t: Tensor) -> bool:
@@ -435,7 +522,7 @@ def elide_copies(graph: Graph) -> int:
     return sum(rewritten.get(id(t), 0) for t in Graph(graph.outputs).nodes) if rewritten else 0
 
 
-PASSES = {"sam_attention": fuse_sam_attention, "linear_crop": move_linear_past_crop,
+PASSES = {"sam_attention": fuse_sam_attention, "rel_pos": fuse_rel_pos, "linear_crop": move_linear_past_crop,
           "linear_rows": gather_linear_rows,
           "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act, "bias_residual": fuse_bias_residual,
           "copies": elide_copies}

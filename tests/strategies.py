@@ -684,3 +684,18 @@ def _sam_rel_attn(draw, op):
                      v, draw(src((w, 1, nq, h * b), "f32", "contig")),
                      draw(src((1, hh, nq, h * b), "f32", "contig"))],
                 {"scale": draw(st.sampled_from([0.125, 0.5, 1.0]))})
+
+
+@strategy("sam_rel_pos")
+@st.composite
+def _sam_rel_pos(draw, op):
+    """q [D, W*R, H, B] (unit-stride rows; a window or a permute of a larger buffer, as SAM's queries are read
+    from the qkv product), a table [D, L] of f32, f16 or bf16 rows, row numbers idx [S, S] in [0, L), the grid's
+    columns (axis 0, S = W) or rows (axis 1, S = R)."""
+    d, w, r, h, b = (draw(st.integers(1, n)) for n in (8, 5, 5, 3, 2))
+    axis = draw(st.sampled_from([0, 1]))
+    s, n_rows = (w, r)[axis], draw(st.integers(1, 9))
+    idx = Src(values(draw(seeds), (s, s), "i32", 0, n_rows - 1), "i32")
+    return Case(op, [draw(src((d, w * r, h, b), "f32", "rows")), draw(src((d, n_rows), ("f32", "f16", "bf16"),
+                                                                          "contig")), idx],
+                {"width": w, "axis": axis})

@@ -26,7 +26,7 @@ FAST_OPS = sorted(n for n, d in registry.all_ops().items() if d.fast is not None
 BITWISE = {"add", "sub", "mul", "div", "cont", "cont_1d", "cont_2d", "cont_3d", "cont_4d", "dup", "cpy", "concat",
            "repeat", "repeat_4d", "pad", "pad_ext", "im2col", "gelu_erf", "rope_ext", "add_res"}
 BITWISE_GGML = {"gelu", "gelu_quick", "soft_max_ext", "geglu", "geglu_split", "mul_mat", "mul_mat_rows",
-                "sam_rel_attn"}
+                "sam_rel_attn", "sam_rel_pos"}
 RTOL = 1e-5
 
 _ran_fast: dict[tuple[str, str], int] = {}
@@ -35,7 +35,7 @@ _ran_fast: dict[tuple[str, str], int] = {}
 def test_fast_ops_found():
     expected = {"mul_mat", "soft_max_ext", "norm", "rms_norm", "gelu", "gelu_erf", "gelu_quick", "silu",
                 "swiglu_split", "add", "mul", "cont", "concat", "rope_ext", "im2col", "sam_rel_attn",
-                "norm_affine", "add_act", "add_res", "mul_mat_rows"}
+                "norm_affine", "add_act", "add_res", "mul_mat_rows", "sam_rel_pos"}
     assert expected <= set(FAST_OPS)
 
 

@@ -35,9 +35,10 @@ def sam_builder(ctx: Context):
     return builder
 
 
-def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int = 0):
+def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int = 0, rel_from: str = "q"):
     """The rel-pos attention sub-graph exactly as `SamBuilder.build_sam` + `ClipGraph.build_attn` build it,
-    on random Q/K/V and rel-pos tables (`[D, 2S-1]` gathered with the builder's index inputs)."""
+    on random Q/K/V and rel-pos tables (`[D, 2S-1]` gathered with the builder's index inputs); with `rel_from="k"`
+    the rel-pos factors are built from the keys instead of the queries."""
     from npggml.models.sam import rel_pos_indices
 
     rng = np.random.default_rng(seed)
@@ -61,7 +62,7 @@ def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int 
     b = sam_builder(ctx)
     rw = b.get_rel_pos(pos_w, idx_w, W, W)
     rh = b.get_rel_pos(pos_h, idx_h, Hh, Hh)
-    qr = ctx.reshape_4d(ctx.cont(ctx.permute(Q, 0, 2, 1, 3)), D, W, Hh, B * n_heads)
+    qr = ctx.reshape_4d(ctx.cont(ctx.permute(Q if rel_from == "q" else K, 0, 2, 1, 3)), D, W, Hh, B * n_heads)
     rw = ctx.mul_mat(rw, ctx.cont(ctx.permute(qr, 0, 2, 1, 3)))
     rw = ctx.cont(ctx.permute(rw, 0, 2, 1, 3))
     rw = ctx.reshape_4d(rw, W, 1, W * Hh, n_heads * B)
@@ -95,6 +96,8 @@ def test_fused_equals_unfused(numerics, W, Hh, D, n_heads, B):
     assert n == 1
     ops = [x.op for x in g1.nodes]
     assert ops.count("sam_rel_attn") == 1 and "soft_max_ext" not in ops and "repeat_4d" not in ops
+    # the rel-pos factors come from the queries and the tables: no products, copies or row picks besides
+    assert ops.count("sam_rel_pos") == 2 and {"mul_mat", "cont", "get_rows"}.isdisjoint(ops)
     # the fused op's reference kernel does the unfused sub-graph's float operations: same bits
     np.testing.assert_array_equal(fused_ref, ref)
     out, inputs = sam_like_attention(W, Hh, D, n_heads, B)
@@ -122,6 +125,18 @@ def test_pass_skips_a_shared_mask():
     assert fuse_sam_attention(graph) == 0
 
 
+def test_rel_pos_pass_needs_the_attentions_own_queries():
+    """Rel-pos factors built from other values than the attention's queries are left as they are (the attention
+    itself is still fused); built from its queries, both become `sam_rel_pos` nodes."""
+    for rel_from, expected in (("k", 0), ("q", 1)):
+        out, _ = sam_like_attention(3, 4, 8, 2, 2, rel_from=rel_from)
+        graph = Graph(out)
+        assert fuse_sam_attention(graph) == 1
+        assert passes.fuse_rel_pos(graph) == expected
+        ops = [n.op for n in Graph(graph.outputs).nodes]
+        assert ops.count("sam_rel_pos") == 2 * expected and ops.count("get_rows") == 2 * (1 - expected)
+
+
 @pytest.mark.parametrize("gguf,grid,expected,projector_rows", [
     ("mmproj-tiny-dsocr-f32.gguf", None, 12, 0),
     ("mmproj-tiny-dsocr-f32.gguf", (3, 2), 24, 0),
@@ -147,8 +162,8 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
     windowed = (n_layers - len(model.hparams.sam_global_layers)) * expected // n_layers
     assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
-        "sam_attention": expected, "linear_crop": windowed, "linear_rows": 2 * windowed + projector_rows,
-        "norm_affine": n_norms, "bias_act": n_acts}
+        "sam_attention": expected, "rel_pos": expected, "linear_crop": windowed,
+        "linear_rows": 2 * windowed + projector_rows, "norm_affine": n_norms, "bias_act": n_acts}
     # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
     assert report["bias_residual"] >= n_acts
     ops = [n.op for n in graph.nodes]
@@ -159,10 +174,12 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     # numbers: no pad, no partition / unpartition / crop copy
     assert ops.count("mul_mat_rows") == 2 * windowed + projector_rows and "pad" not in ops
     # q, k and v of every SAM attention read the qkv product itself: its q, k, v and v-transposed copies are gone,
-    # and so is the q copy the rel-pos products read (their own copy of q now reads the product)
+    # and so are the copies of q the rel-pos products read: the rel-pos factors read the product too
     for node in graph.nodes:
         if node.op == "sam_rel_attn":
             assert [t.root.op for t in node.srcs[:3]] == ["add"] * 3
+            assert [t.op for t in node.srcs[3:]] == ["sam_rel_pos"] * 2
+            assert [t.srcs[0].root.op for t in node.srcs[3:]] == ["add"] * 2
     assert report["copies"] >= 4 * expected and n_conts - ops.count("cont") >= 4 * expected
     assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
     assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == 0
