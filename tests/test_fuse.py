@@ -35,10 +35,12 @@ def sam_builder(ctx: Context):
     return builder
 
 
-def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int = 0, rel_from: str = "q"):
+def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int = 0, rel_from: str = "q",
+                       extra_rows: int = 0):
     """The rel-pos attention sub-graph exactly as `SamBuilder.build_sam` + `ClipGraph.build_attn` build it,
-    on random Q/K/V and rel-pos tables (`[D, 2S-1]` gathered with the builder's index inputs); with `rel_from="k"`
-    the rel-pos factors are built from the keys instead of the queries."""
+    on random Q/K/V and rel-pos tables (`[D, 2S-1]` gathered with the builder's index inputs; with `extra_rows`,
+    tables that many rows longer, which the builder resizes first); with `rel_from="k"` the rel-pos factors are
+    built from the keys instead of the queries."""
     from npggml.models.sam import rel_pos_indices
 
     rng = np.random.default_rng(seed)
@@ -55,8 +57,8 @@ def sam_like_attention(W: int, Hh: int, D: int, n_heads: int, B: int, seed: int 
     qkv = inp((n_embd, 3, N, B), "qkv")
     Q, K, V = (ctx.reshape_4d(ctx.cont(ctx.view_3d(qkv, n_embd, N, B, qkv.nb[2], qkv.nb[3], i * qkv.nb[1])),
                               D, n_heads, N, B) for i in range(3))
-    pos_w = inp((D, 2 * W - 1), "pos_w")
-    pos_h = inp((D, 2 * Hh - 1), "pos_h")
+    pos_w = inp((D, 2 * W - 1 + extra_rows), "pos_w")
+    pos_h = inp((D, 2 * Hh - 1 + extra_rows), "pos_h")
     idx_w = inp((W, W), "idx_w", rel_pos_indices(W))
     idx_h = inp((Hh, Hh), "idx_h", rel_pos_indices(Hh))
     b = sam_builder(ctx)
@@ -86,21 +88,25 @@ def _run(out, inputs, numerics, fast, fused):
 
 
 @pytest.mark.parametrize("numerics", ["exact", "ggml"])
-@pytest.mark.parametrize("W,Hh,D,n_heads,B", [(3, 4, 8, 2, 1), (5, 5, 16, 3, 2), (7, 2, 4, 1, 3)])
-def test_fused_equals_unfused(numerics, W, Hh, D, n_heads, B):
-    out, inputs = sam_like_attention(W, Hh, D, n_heads, B)
+@pytest.mark.parametrize("W,Hh,D,n_heads,B,extra", [(3, 4, 8, 2, 1, 0), (5, 5, 16, 3, 2, 0), (7, 2, 4, 1, 3, 0),
+                                                    (4, 3, 8, 2, 2, 5)])
+def test_fused_equals_unfused(numerics, W, Hh, D, n_heads, B, extra):
+    out, inputs = sam_like_attention(W, Hh, D, n_heads, B, extra_rows=extra)
     ref, g0, _ = _run(out, inputs, numerics, fast=False, fused=False)
     assert "sam_rel_attn" not in {n.op for n in g0.nodes}
-    out, inputs = sam_like_attention(W, Hh, D, n_heads, B)
+    assert ("interpolate" in {n.op for n in g0.nodes}) == (extra > 0)
+    out, inputs = sam_like_attention(W, Hh, D, n_heads, B, extra_rows=extra)
     fused_ref, g1, n = _run(out, inputs, numerics, fast=False, fused=True)
     assert n == 1
     ops = [x.op for x in g1.nodes]
     assert ops.count("sam_rel_attn") == 1 and "soft_max_ext" not in ops and "repeat_4d" not in ops
-    # the rel-pos factors come from the queries and the tables: no products, copies or row picks besides
-    assert ops.count("sam_rel_pos") == 2 and {"mul_mat", "cont", "get_rows"}.isdisjoint(ops)
+    # the rel-pos factors come from the queries and the tables: no products or row picks besides, and no copies
+    # but the two around each table's resize
+    assert ops.count("sam_rel_pos") == 2 and {"mul_mat", "get_rows"}.isdisjoint(ops)
+    assert ops.count("cont") == (4 if extra else 0)
     # the fused op's reference kernel does the unfused sub-graph's float operations: same bits
     np.testing.assert_array_equal(fused_ref, ref)
-    out, inputs = sam_like_attention(W, Hh, D, n_heads, B)
+    out, inputs = sam_like_attention(W, Hh, D, n_heads, B, extra_rows=extra)
     fused_fast, _, _ = _run(out, inputs, numerics, fast=True, fused=True)
     assert np.abs(fused_fast - ref).max() <= 1e-5 * np.abs(ref).max()
 
