@@ -143,7 +143,7 @@ def _is_op(t: Tensor | None, op: str, axes: tuple | None = None) -> bool:
     return axes is None or tuple(t.params[f"axis{i}"] for i in range(4)) == axes
 
 
-def _pos_table(a: Tensor) -> tuple[Tensor, Tensor] | None:
+def _picked_table(a: Tensor) -> tuple[Tensor, Tensor] | None:
     """(tab, idx) if a is `reshape_3d(get_rows(tab, reshape_1d(idx)))`, SAM's picked rel-pos table [D, S, S] with
     idx [S, S]."""
     if not _is_op(a, "reshape_3d") or not _is_op(a.srcs[0], "get_rows"):
@@ -163,7 +163,7 @@ def match_rel_pos(attn: Tensor) -> tuple | None:
     chains from its own queries q = permute(Q, SWAP12) (`models.sam`): qr = reshape_4d(cont(permute(Q, SWAP12))),
     the queries as a grid [D, W, Hh, H*B];
     rel_w = reshape_4d(cont(permute(mul_mat(table_w, cont(permute(qr, SWAP12))), SWAP12))) and
-    rel_h = reshape_4d(mul_mat(table_h, qr)), each table `_pos_table`; else None."""
+    rel_h = reshape_4d(mul_mat(table_h, qr)), each table `_picked_table`; else None."""
     q, rel_w, rel_h = attn.srcs[0], attn.srcs[3], attn.srcs[4]
     if not (_is_op(q, "permute", SWAP12) and _is_op(rel_w, "reshape_4d") and _is_op(rel_h, "reshape_4d")):
         return None
@@ -187,7 +187,7 @@ def match_rel_pos(attn: Tensor) -> tuple | None:
     W, Hh = qr.ne[1], qr.ne[2]
     if qr.ne != (D, W, Hh, H * B) or W * Hh != N:
         return None
-    tw, th = _pos_table(mm_w.srcs[0]), _pos_table(mm_h.srcs[0])
+    tw, th = _picked_table(mm_w.srcs[0]), _picked_table(mm_h.srcs[0])
     if tw is None or th is None or tw[1].ne[0] != W or th[1].ne[0] != Hh:
         return None
     return tw, th, W

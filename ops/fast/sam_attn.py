@@ -26,6 +26,9 @@ query's 64 outputs times 1/sum into the result (the reference normalises the pro
 same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head
 through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel
 they reproduce (one head's scores).
+
+`sam_rel_pos` computes one of the two rel-pos factors from the queries and the rel-pos table (the fused form of the
+SAM graph's chain for it, `npggml.graph.fuse.fuse_rel_pos`): one sgemm per grid position over all heads.
 """
 
 from __future__ import annotations
