@@ -188,7 +188,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
             assert [t.srcs[0].root.op for t in node.srcs[3:]] == ["add"] * 2
     assert report["copies"] >= 4 * expected and n_conts - ops.count("cont") >= 4 * expected
     assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
-    assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == 0
+    assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == passes.fuse_rel_pos(graph) == 0
     assert passes.move_linear_past_crop(graph) == passes.gather_linear_rows(graph) == 0
 
 
