@@ -5,7 +5,7 @@ place (the node whose value the sub-graph produced becomes the fused node, so co
 untouched), and the nodes only the sub-graph used drop out of the new graph. Each pass returns how many
 patterns it replaced; `fuse(..., report=dict)` collects the counts.
 
-Passes:
+Passes (the two SAM attention ones live in `npggml.graph.fuse_sam`):
 - `fuse_sam_attention`: SAM attention with decomposed relative positions,
   `mul_mat(v, soft_max_ext(mul_mat(k, q), reshape_4d(add(repeat_4d(rel_w), rel_h)), scale))`
   -> `sam_rel_attn(q, k, v, rel_w, rel_h, scale)` (see `npggml.ops.fast.sam_attn`).
@@ -43,177 +43,16 @@ Passes:
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from npggml.graph.context import Context
-from npggml.graph.graph import Graph
+from npggml.graph.fuse_sam import fuse_rel_pos, fuse_sam_attention
+from npggml.graph.graph import Graph, only_user, sole_user
 from npggml.graph.interp import Interpreter
-from npggml.graph.tensor import OUTPUT, Tensor
+from npggml.graph.tensor import Tensor
 from npggml.ops import registry
 from npggml.ops.elementwise import BIAS_ACTS
 from npggml.ops.registry import is_row
-
-
-def _only_user(t: Tensor, user: Tensor, users: dict[int, list[Tensor]]) -> bool:
-    """t is read by `user` alone and is not a graph output."""
-    return _sole_user(t, users) is user
-
-
-def _sole_user(t: Tensor, users: dict[int, list[Tensor]]) -> Tensor | None:
-    """The one node that reads t, if t is not also a graph output."""
-    u = users.get(id(t), [])
-    return u[0] if len(u) == 1 and not (t.flags & OUTPUT) else None
-
-
-def _fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int) -> str:
-    """`sam_rel_attn-<il>` with the layer taken from the `kqv_out-<il>` node downstream, if there is one."""
-    frontier = [kqv]
-    for _ in range(3):
-        nxt = []
-        for t in frontier:
-            for u in users.get(id(t), []):
-                m = re.fullmatch(r"kqv_out-(\d+)", u.name)
-                if m:
-                    return f"sam_rel_attn-{m.group(1)}"
-                nxt.append(u)
-        frontier = nxt
-    return f"sam_rel_attn#{fallback}"
-
-
-def match_sam_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | None:
-    """The sources of the fused op if `kqv` is the top of the SAM rel-pos attention pattern, else None."""
-    if kqv.op != "mul_mat" or kqv.is_view:
-        return None
-    v, sm = kqv.srcs
-    if sm is None or sm.op != "soft_max_ext" or sm.params.get("max_bias", 0.0) != 0.0:
-        return None
-    kq, mask = sm.srcs
-    if kq is None or kq.op != "mul_mat" or mask is None or mask.op != "reshape_4d":
-        return None
-    add = mask.srcs[0]
-    if add.op != "add" or add.is_view:
-        return None
-    rep, rel_h = add.srcs
-    if rep.op not in ("repeat_4d", "repeat") or rep.is_view:
-        return None
-    rel_w = rep.srcs[0]
-    k, q = kq.srcs
-    W, Hh = rel_w.ne[0], rel_h.ne[1]
-    D, Nq, H, B = q.ne
-    Nk = k.ne[1]
-    shapes_ok = (rel_w.ne == (W, 1, Nq, H * B) and rel_h.ne == (1, Hh, Nq, H * B)
-                 and rep.ne == (W, Hh, Nq, H * B) and mask.ne == (Nk, Nq, H, B) and W * Hh == Nk
-                 and kq.ne == (Nk, Nq, H, B))
-    if not shapes_ok:
-        return None
-    for t, user in ((sm, kqv), (kq, sm), (mask, sm), (add, mask), (rep, add)):
-        if not _only_user(t, user, users):
-            return None
-    return (q, k, v, rel_w, rel_h), {"scale": sm.params["scale"]}
-
-
-def fuse_sam_attention(graph: Graph) -> int:
-    """Rewrite every SAM rel-pos attention in `graph` into `sam_rel_attn`; returns the number rewritten."""
-    d = registry.get("sam_rel_attn")
-    users = graph.consumers()
-    n = 0
-    for node in list(graph.nodes):
-        m = match_sam_attention(node, users)
-        if m is None:
-            continue
-        srcs, params = m
-        res = d.rule(*srcs, **params)
-        if tuple(res.ne) != node.ne or res.dtype != node.dtype:
-            continue
-        node.name = _fused_name(node, users, n)
-        node.op, node.srcs, node.params = d.name, srcs, params
-        n += 1
-    return n
-
-
-SWAP12 = (0, 2, 1, 3)  # the permute that swaps dims 1 and 2
-
-
-def _is_op(t: Tensor | None, op: str, axes: tuple | None = None) -> bool:
-    """t is an `op` node (a permute of `axes`, if given)."""
-    if t is None or t.op != op:
-        return False
-    return axes is None or tuple(t.params[f"axis{i}"] for i in range(4)) == axes
-
-
-def _picked_table(a: Tensor) -> tuple[Tensor, Tensor] | None:
-    """(tab, idx) if a is `reshape_3d(get_rows(tab, reshape_1d(idx)))`, SAM's picked rel-pos table [D, S, S] with
-    idx [S, S]."""
-    if not _is_op(a, "reshape_3d") or not _is_op(a.srcs[0], "get_rows"):
-        return None
-    tab, flat = a.srcs[0].srcs
-    if not _is_op(flat, "reshape_1d"):
-        return None
-    idx = flat.srcs[0]
-    S = idx.ne[0]
-    ok = (a.ne == (tab.ne[0], S, S, 1) and idx.ne == (S, S, 1, 1) and idx.dtype == "i32" and idx.is_contiguous()
-          and tab.dtype in ("f32", "f16", "bf16") and tab.ne[2] == tab.ne[3] == 1 and tab.is_contiguous())
-    return (tab, idx) if ok else None
-
-
-def match_rel_pos(attn: Tensor) -> tuple | None:
-    """((tab_w, idx_w), (tab_h, idx_h), width) if the rel-pos factors of the `sam_rel_attn` node `attn` are SAM's
-    chains from its own queries q = permute(Q, SWAP12) (`models.sam`): qr = reshape_4d(cont(permute(Q, SWAP12))),
-    the queries as a grid [D, W, Hh, H*B];
-    rel_w = reshape_4d(cont(permute(mul_mat(table_w, cont(permute(qr, SWAP12))), SWAP12))) and
-    rel_h = reshape_4d(mul_mat(table_h, qr)), each table `_picked_table`; else None."""
-    q, rel_w, rel_h = attn.srcs[0], attn.srcs[3], attn.srcs[4]
-    if not (_is_op(q, "permute", SWAP12) and _is_op(rel_w, "reshape_4d") and _is_op(rel_h, "reshape_4d")):
-        return None
-    mm_h = rel_h.srcs[0]
-    c = rel_w.srcs[0]
-    if not (_is_op(mm_h, "mul_mat") and _is_op(c, "cont") and _is_op(c.srcs[0], "permute", SWAP12)):
-        return None
-    mm_w = c.srcs[0].srcs[0]
-    if not _is_op(mm_w, "mul_mat"):
-        return None
-    qr = mm_h.srcs[1]
-    xw = mm_w.srcs[1]
-    if not (_is_op(xw, "cont") and _is_op(xw.srcs[0], "permute", SWAP12) and xw.srcs[0].srcs[0] is qr):
-        return None
-    if not (_is_op(qr, "reshape_4d") and _is_op(qr.srcs[0], "cont")):
-        return None
-    pq = qr.srcs[0].srcs[0]
-    if not (_is_op(pq, "permute", SWAP12) and pq.srcs[0] is q.srcs[0]):
-        return None
-    D, N, H, B = q.ne
-    W, Hh = qr.ne[1], qr.ne[2]
-    if qr.ne != (D, W, Hh, H * B) or W * Hh != N:
-        return None
-    tw, th = _picked_table(mm_w.srcs[0]), _picked_table(mm_h.srcs[0])
-    if tw is None or th is None or tw[1].ne[0] != W or th[1].ne[0] != Hh:
-        return None
-    return tw, th, W
-
-
-def fuse_rel_pos(graph: Graph) -> int:
-    """Point every `sam_rel_attn` whose rel-pos factors are SAM's chains from its own queries (`match_rel_pos`)
-    at two `sam_rel_pos` nodes that compute them from those queries and the tables: the copies of the queries
-    (two a layer), the small batched products and the copy of their result drop out. Returns the number of
-    attentions rewritten."""
-    d = registry.get("sam_rel_pos")
-    n = 0
-    for attn in list(graph.nodes):
-        if attn.op != "sam_rel_attn" or (m := match_rel_pos(attn)) is None:
-            continue
-        (tab_w, idx_w), (tab_h, idx_h), width = m
-        ctx = Context()
-        layer = attn.name.rsplit("-", 1)[-1]
-        q = attn.srcs[0]
-        rel_w = ctx.build(d, q, tab_w, idx_w, width=width, axis=0).set_name(f"rel_pos_w-{layer}")
-        rel_h = ctx.build(d, q, tab_h, idx_h, width=width, axis=1).set_name(f"rel_pos_h-{layer}")
-        if rel_w.ne != attn.srcs[3].ne or rel_h.ne != attn.srcs[4].ne:
-            continue
-        attn.srcs = (*attn.srcs[:3], rel_w, rel_h)
-        n += 1
-    return n
 
 
 def fuse_norm_affine(graph: Graph) -> int:
@@ -225,11 +64,11 @@ def fuse_norm_affine(graph: Graph) -> int:
     for norm in list(graph.nodes):
         if norm.op not in ("norm", "rms_norm") or norm.dtype != "f32":
             continue
-        mul = _sole_user(norm, users)
+        mul = sole_user(norm, users)
         if mul is None or mul.op != "mul" or mul.srcs[0] is not norm or not is_row(mul.srcs[1], norm.ne[0]):
             continue
         top, b = mul, None
-        add = _sole_user(mul, users)
+        add = sole_user(mul, users)
         if add is not None and add.op == "add" and add.srcs[0] is mul and is_row(add.srcs[1], norm.ne[0]):
             top, b = add, add.srcs[1]
         top.op, top.srcs = d.name, (norm.srcs[0], mul.srcs[1], b)
@@ -240,7 +79,7 @@ def fuse_norm_affine(graph: Graph) -> int:
 
 def _bias_add(t: Tensor, reader: Tensor, users: dict[int, list[Tensor]]) -> tuple[Tensor, Tensor] | None:
     """(x, b) if t is `add(x, b)`, b one row and x F32 with contiguous rows, and only `reader` reads the sum."""
-    if t.op != "add" or t.is_view or _sole_user(t, users) is not reader:
+    if t.op != "add" or t.is_view or sole_user(t, users) is not reader:
         return None
     x, b = t.srcs
     return (x, b) if x.dtype == "f32" and x.is_contiguous_rows() and is_row(b, x.ne[0]) else None
@@ -306,7 +145,7 @@ def _linear(t: Tensor, users: dict[int, list[Tensor]]) -> tuple[Tensor, Tensor |
     add alone) with w one square f32-output matrix and x packed (so like the product): the rows of t are a function
     of the rows of x alone, each the same function."""
     mm, b = t, None
-    if t.op == "add" and not t.is_view and t.srcs[0].op == "mul_mat" and _only_user(t.srcs[0], t, users):
+    if t.op == "add" and not t.is_view and t.srcs[0].op == "mul_mat" and only_user(t.srcs[0], t, users):
         mm, b = t.srcs
         if not is_row(b, mm.ne[0]):
             return None
@@ -333,7 +172,7 @@ def move_linear_past_crop(graph: Graph) -> int:
             continue
         mm, b, x = lin
         chain, t = [], top
-        while (u := _sole_user(t, users)) is not None and _moves_rows(u, top.ne[0]):
+        while (u := sole_user(t, users)) is not None and _moves_rows(u, top.ne[0]):
             chain.append(u)
             t = u
         while chain and chain[-1].is_view:  # the moves end with their last copy, which becomes the layer
@@ -411,7 +250,7 @@ def gather_linear_rows(graph: Graph) -> int:
         if w.ne[2] != 1 or w.ne[3] != 1 or x.dtype != "f32":
             continue
         chain, t = [], x
-        while (_moves_rows(t, c) or _pads_rows(t, c)) and _sole_user(t, users) is (chain[0] if chain else mm):
+        while (_moves_rows(t, c) or _pads_rows(t, c)) and sole_user(t, users) is (chain[0] if chain else mm):
             chain.insert(0, t)
             t = t.srcs[0]
         while chain and not (t.is_contiguous() and t.ne[0] % c == 0):  # read the last packed value on the way

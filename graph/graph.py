@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from npggml.graph.tensor import PARAM, Tensor
+from npggml.graph.tensor import OUTPUT, PARAM, Tensor
 
 
 class Graph:
@@ -74,3 +74,14 @@ class Graph:
                 if s is not None:
                     users.setdefault(id(s), []).append(n)
         return users
+
+
+def sole_user(t: Tensor, users: dict[int, list[Tensor]]) -> Tensor | None:
+    """The one node that reads t (`users`: `Graph.consumers()`), if t is not also a graph output."""
+    u = users.get(id(t), [])
+    return u[0] if len(u) == 1 and not (t.flags & OUTPUT) else None
+
+
+def only_user(t: Tensor, user: Tensor, users: dict[int, list[Tensor]]) -> bool:
+    """t is read by `user` alone and is not a graph output."""
+    return sole_user(t, users) is user

@@ -1,0 +1,162 @@
+"""The SAM attention passes of `npggml.graph.fuse`: the rel-pos attention sub-graph -> `sam_rel_attn`
+(`fuse_sam_attention`), and its two rel-pos factors -> `sam_rel_pos` nodes (`fuse_rel_pos`). `npggml.graph.fuse`
+runs them with the other passes and describes them all."""
+
+from __future__ import annotations
+
+import re
+
+from npggml.graph.context import Context
+from npggml.graph.graph import Graph, only_user
+from npggml.graph.tensor import Tensor
+from npggml.ops import registry
+
+
+def _fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int) -> str:
+    """`sam_rel_attn-<il>` with the layer taken from the `kqv_out-<il>` node downstream, if there is one."""
+    frontier = [kqv]
+    for _ in range(3):
+        nxt = []
+        for t in frontier:
+            for u in users.get(id(t), []):
+                m = re.fullmatch(r"kqv_out-(\d+)", u.name)
+                if m:
+                    return f"sam_rel_attn-{m.group(1)}"
+                nxt.append(u)
+        frontier = nxt
+    return f"sam_rel_attn#{fallback}"
+
+
+def match_sam_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | None:
+    """The sources of the fused op if `kqv` is the top of the SAM rel-pos attention pattern, else None."""
+    if kqv.op != "mul_mat" or kqv.is_view:
+        return None
+    v, sm = kqv.srcs
+    if sm is None or sm.op != "soft_max_ext" or sm.params.get("max_bias", 0.0) != 0.0:
+        return None
+    kq, mask = sm.srcs
+    if kq is None or kq.op != "mul_mat" or mask is None or mask.op != "reshape_4d":
+        return None
+    add = mask.srcs[0]
+    if add.op != "add" or add.is_view:
+        return None
+    rep, rel_h = add.srcs
+    if rep.op not in ("repeat_4d", "repeat") or rep.is_view:
+        return None
+    rel_w = rep.srcs[0]
+    k, q = kq.srcs
+    W, Hh = rel_w.ne[0], rel_h.ne[1]
+    D, Nq, H, B = q.ne
+    Nk = k.ne[1]
+    shapes_ok = (rel_w.ne == (W, 1, Nq, H * B) and rel_h.ne == (1, Hh, Nq, H * B)
+                 and rep.ne == (W, Hh, Nq, H * B) and mask.ne == (Nk, Nq, H, B) and W * Hh == Nk
+                 and kq.ne == (Nk, Nq, H, B))
+    if not shapes_ok:
+        return None
+    for t, user in ((sm, kqv), (kq, sm), (mask, sm), (add, mask), (rep, add)):
+        if not only_user(t, user, users):
+            return None
+    return (q, k, v, rel_w, rel_h), {"scale": sm.params["scale"]}
+
+
+def fuse_sam_attention(graph: Graph) -> int:
+    """Rewrite every SAM rel-pos attention in `graph` into `sam_rel_attn`; returns the number rewritten."""
+    d = registry.get("sam_rel_attn")
+    users = graph.consumers()
+    n = 0
+    for node in list(graph.nodes):
+        m = match_sam_attention(node, users)
+        if m is None:
+            continue
+        srcs, params = m
+        res = d.rule(*srcs, **params)
+        if tuple(res.ne) != node.ne or res.dtype != node.dtype:
+            continue
+        node.name = _fused_name(node, users, n)
+        node.op, node.srcs, node.params = d.name, srcs, params
+        n += 1
+    return n
+
+
+SWAP12 = (0, 2, 1, 3)  # the permute that swaps dims 1 and 2
+
+
+def _is_op(t: Tensor | None, op: str, axes: tuple | None = None) -> bool:
+    """t is an `op` node (a permute of `axes`, if given)."""
+    if t is None or t.op != op:
+        return False
+    return axes is None or tuple(t.params[f"axis{i}"] for i in range(4)) == axes
+
+
+def _picked_table(a: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(tab, idx) if a is `reshape_3d(get_rows(tab, reshape_1d(idx)))`, SAM's picked rel-pos table [D, S, S] with
+    idx [S, S]."""
+    if not _is_op(a, "reshape_3d") or not _is_op(a.srcs[0], "get_rows"):
+        return None
+    tab, flat = a.srcs[0].srcs
+    if not _is_op(flat, "reshape_1d"):
+        return None
+    idx = flat.srcs[0]
+    S = idx.ne[0]
+    ok = (a.ne == (tab.ne[0], S, S, 1) and idx.ne == (S, S, 1, 1) and idx.dtype == "i32" and idx.is_contiguous()
+          and tab.dtype in ("f32", "f16", "bf16") and tab.ne[2] == tab.ne[3] == 1 and tab.is_contiguous())
+    return (tab, idx) if ok else None
+
+
+def match_rel_pos(attn: Tensor) -> tuple | None:
+    """((tab_w, idx_w), (tab_h, idx_h), width) if the rel-pos factors of the `sam_rel_attn` node `attn` are SAM's
+    chains from its own queries q = permute(Q, SWAP12) (`models.sam`): qr = reshape_4d(cont(permute(Q, SWAP12))),
+    the queries as a grid [D, W, Hh, H*B];
+    rel_w = reshape_4d(cont(permute(mul_mat(table_w, cont(permute(qr, SWAP12))), SWAP12))) and
+    rel_h = reshape_4d(mul_mat(table_h, qr)), each table `_picked_table`; else None."""
+    q, rel_w, rel_h = attn.srcs[0], attn.srcs[3], attn.srcs[4]
+    if not (_is_op(q, "permute", SWAP12) and _is_op(rel_w, "reshape_4d") and _is_op(rel_h, "reshape_4d")):
+        return None
+    mm_h = rel_h.srcs[0]
+    c = rel_w.srcs[0]
+    if not (_is_op(mm_h, "mul_mat") and _is_op(c, "cont") and _is_op(c.srcs[0], "permute", SWAP12)):
+        return None
+    mm_w = c.srcs[0].srcs[0]
+    if not _is_op(mm_w, "mul_mat"):
+        return None
+    qr = mm_h.srcs[1]
+    xw = mm_w.srcs[1]
+    if not (_is_op(xw, "cont") and _is_op(xw.srcs[0], "permute", SWAP12) and xw.srcs[0].srcs[0] is qr):
+        return None
+    if not (_is_op(qr, "reshape_4d") and _is_op(qr.srcs[0], "cont")):
+        return None
+    pq = qr.srcs[0].srcs[0]
+    if not (_is_op(pq, "permute", SWAP12) and pq.srcs[0] is q.srcs[0]):
+        return None
+    D, N, H, B = q.ne
+    W, Hh = qr.ne[1], qr.ne[2]
+    if qr.ne != (D, W, Hh, H * B) or W * Hh != N:
+        return None
+    tw, th = _picked_table(mm_w.srcs[0]), _picked_table(mm_h.srcs[0])
+    if tw is None or th is None or tw[1].ne[0] != W or th[1].ne[0] != Hh:
+        return None
+    return tw, th, W
+
+
+def fuse_rel_pos(graph: Graph) -> int:
+    """Point every `sam_rel_attn` whose rel-pos factors are SAM's chains from its own queries (`match_rel_pos`)
+    at two `sam_rel_pos` nodes that compute them from those queries and the tables: the copies of the queries
+    (two a layer), the small batched products and the copy of their result drop out. Returns the number of
+    attentions rewritten."""
+    d = registry.get("sam_rel_pos")
+    n = 0
+    for attn in list(graph.nodes):
+        if attn.op != "sam_rel_attn" or (m := match_rel_pos(attn)) is None:
+            continue
+        (tab_w, idx_w), (tab_h, idx_h), width = m
+        ctx = Context()
+        layer = re.fullmatch(r".*-(\d+)", attn.name)  # `sam_rel_attn-3` -> `rel_pos_w-3`
+        tag = f"-{layer.group(1)}" if layer else f" of {attn.name}"
+        q = attn.srcs[0]
+        rel_w = ctx.build(d, q, tab_w, idx_w, width=width, axis=0).set_name(f"rel_pos_w{tag}")
+        rel_h = ctx.build(d, q, tab_h, idx_h, width=width, axis=1).set_name(f"rel_pos_h{tag}")
+        if rel_w.ne != attn.srcs[3].ne or rel_h.ne != attn.srcs[4].ne:
+            continue
+        attn.srcs = (*attn.srcs[:3], rel_w, rel_h)
+        n += 1
+    return n
