@@ -326,6 +326,42 @@ def test_run_split_covers_every_index_once(n, min_chunk):
         assert not spans
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 3000), least=st.integers(1, 700))
+def test_run_parts_one_part_a_thread(n, least):
+    """`even_cuts` cuts [0, n) into one part a thread, sizes within one of each other, fewer parts only when a part
+    would have under `least` items; `run_parts` calls fn once on each part."""
+    import threading
+
+    from npggml.ops.fast import _blas
+
+    cuts = _blas.even_cuts(n, least)
+    sizes = np.diff(cuts)
+    assert cuts[0] == 0 and cuts[-1] == n and (sizes >= 0).all() and sizes.max() - sizes.min() <= 1
+    assert len(sizes) == max(1, min(_blas.workers(), n // least))
+    spans, lock = [], threading.Lock()
+
+    def fn(lo, hi):
+        with lock:
+            spans.append((lo, hi))
+
+    _blas.run_parts(fn, cuts)
+    assert sorted(spans) == list(zip(cuts[:-1], cuts[1:]))
+
+
+def test_mul_mat_rows_in_parts_of_equal_kept_rows():
+    """`mul_mat_rows` with rows enough for one part a thread, cut where the parts hold as many kept rows: padding
+    rows scattered and a run of them at the end (the bottom windows), repeats, any order: the reference's value."""
+    from strategies import Case, Src, values
+
+    idx = (np.arange(150) * 37 % 100).astype(np.int32)
+    idx[::7], idx[110:] = -1, -1
+    a, b = (Src(values(seed, ne, "f32"), "f32") for seed, ne in ((0, (8, 5, 1, 1)), (1, (8, 100, 1, 1))))
+    case = Case("mul_mat_rows", [a, b, Src(idx, "i32")])
+    _, used_fast = _check_case("mul_mat_rows", "exact", case)
+    assert used_fast
+
+
 @pytest.mark.parametrize("m,k,n", [(37, 5, 301), (301, 5, 37), (1023, 64, 96), (96, 64, 1023)])
 def test_split_product_equals_one_product(m, k, n):
     """`_blas.split`: a product cut over the pool (by rows of x when x is the larger operand, else by columns of

@@ -106,24 +106,39 @@ def gemms(tasks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         split(x, y, o)
 
 
+def run_parts(fn, cuts: list[int]) -> None:
+    """fn(cuts[i], cuts[i + 1]) for each part, one part a thread. For products that every part packs an operand
+    again for: one part a thread is 1-5 % faster than two (BENCHMARKS.md, session 18)."""
+
+    def some(lo, hi):
+        for i in range(lo, hi):
+            fn(cuts[i], cuts[i + 1])
+
+    run_split(some, len(cuts) - 1)
+
+
+def even_cuts(n: int, least: int = 1) -> list[int]:
+    """[0, n) in one equal part a thread, fewer when a part would have under `least` items."""
+    parts = max(1, min(workers(), n // max(1, least)))
+    return [i * n // parts for i in range(parts + 1)]
+
+
 def split(x: np.ndarray, y: np.ndarray, o: np.ndarray) -> None:
     """o = x @ y over the pool, cut along the rows of x or the columns of y: whichever makes the operand that
-    every thread packs again (the uncut one) the smaller. Every chunk re-packs that operand (worth 10-20 rows of
-    the product for these encoders' weights), so no chunk is below a 1/(2 * threads) share: with two threads,
-    four equal chunks (2-6 % faster `mul_mat` than eighths ending in a small piece; BENCHMARKS.md, session 6)."""
-    share = 2 * workers()
+    every thread packs again (the uncut one) the smaller, in one part a thread (each part re-packs that operand,
+    worth 10-20 rows of the product for these encoders' weights)."""
     if x.shape[0] * x.shape[1] <= y.shape[0] * y.shape[1] and o.shape[1] >= 32 * workers():
 
         def cols(lo, hi):
             np.matmul(x, y[:, lo:hi], out=o[:, lo:hi])
 
-        run_split(cols, o.shape[1], min_chunk=max(32, o.shape[1] // share))
+        run_parts(cols, even_cuts(o.shape[1], 32))
         return
 
     def rows(lo, hi):
         np.matmul(x[lo:hi], y, out=o[lo:hi])
 
-    run_split(rows, o.shape[0], min_chunk=max(16, o.shape[0] // share))
+    run_parts(rows, even_cuts(o.shape[0], 16))
 
 
 def batched(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:

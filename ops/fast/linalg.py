@@ -80,10 +80,11 @@ def _spread(res, keep):
 
 @registry.get("mul_mat_rows").fast_kernel
 def mul_mat_rows_fast(dst, out, a, b, rows):
-    """Only the rows that are not padding are multiplied: each share of the result's rows gathers its operand rows
-    (the padding left out), one sgemm writes their products to the share's first rows, which then move to their
-    places and the padding rows get zeros. Under ggml numerics the reference kernel's product of the gathered
-    operand, padding included (`ggml_matmul`: the same bits)."""
+    """Only the rows that are not padding are multiplied: the result's rows in one part a thread, cut so that the
+    parts hold as many kept rows; each part gathers its operand rows (the padding left out), one sgemm writes
+    their products to the part's first rows, which then move to their places and the padding rows get zeros.
+    Under ggml numerics the reference kernel's product of the gathered operand, padding included (`ggml_matmul`:
+    the same bits)."""
     if dst.dtype != F32 or not dst.flags.c_contiguous:
         return NotImplemented
     k, m = a.shape[-1], a.shape[-2]
@@ -101,4 +102,6 @@ def mul_mat_rows_fast(dst, out, a, b, rows):
         np.matmul(src[idx[lo:hi][keep]], wt, out=res[lo:lo + keep.size])
         _spread(res[lo:hi], keep)
 
-    _blas.run_split(share, idx.size, min_chunk=max(16, idx.size // (2 * _blas.workers())))
+    kept = np.flatnonzero(idx >= 0)  # one part a thread with as many kept rows each
+    cuts = [0, *(int(kept[i]) for i in _blas.even_cuts(kept.size, 16)[1:-1]), idx.size]
+    _blas.run_parts(share, cuts)
