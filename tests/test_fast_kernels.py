@@ -300,6 +300,23 @@ def test_sam_rel_attn_non_finite_scores(strided):
     assert used_fast
 
 
+@pytest.mark.parametrize("bad", [-1, 7])
+@pytest.mark.parametrize("fast", [True, False])
+def test_sam_rel_pos_row_number_out_of_range(fast, bad):
+    """A table row number outside the table (7 rows): the fast kernel declines and the reference kernel's error
+    names the range, with the fast kernels on or off."""
+    from strategies import Case, Src, values
+
+    from npggml.errors import KernelError
+
+    idx = values(2, (4, 4), "i32", 0, 6)
+    idx[1, 2] = bad
+    srcs = [Src(values(0, (5, 12, 2, 1), "f32"), "f32"), Src(values(1, (5, 7), "f32"), "f32"), Src(idx, "i32")]
+    node, inputs = build_case(Case("sam_rel_pos", srcs, {"width": 4, "axis": 0}))
+    with pytest.raises(KernelError, match=r"row index out of range \[0, 7\)"):
+        Interpreter(Graph(node), numerics="exact", fast=fast).run(inputs)
+
+
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(0, 3000), min_chunk=st.integers(1, 700))
 def test_run_split_covers_every_index_once(n, min_chunk):

@@ -367,12 +367,17 @@ def sam_rel_pos(q, tab, idx, width, axis):
     return Out((S, 1, N, H * B) if axis == 0 else (1, S, N, H * B), "f32")
 
 
+def _rows_in_range(tab: np.ndarray, idx: np.ndarray) -> bool:
+    """Every row number of idx is a row of tab (no -1 padding here, unlike `mul_mat_rows`)."""
+    ix = idx[0, 0]
+    return not ix.size or (ix.min() >= 0 and ix.max() < tab.shape[2])
+
+
 def _pos_table(tab: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """tab's rows picked by idx: (S, S, D) float32, T[p, k] = tab[idx[p, k]] (get_rows' check and conversion)."""
-    rows, ix = tab[0, 0], idx[0, 0]
-    if ix.size and (ix.min() < 0 or ix.max() >= rows.shape[0]):
-        raise IndexError(f"row index out of range [0, {rows.shape[0]})")
-    return rows[ix].astype(F32, copy=False)
+    if not _rows_in_range(tab, idx):
+        raise IndexError(f"row index out of range [0, {tab.shape[2]})")
+    return tab[0, 0][idx[0, 0]].astype(F32, copy=False)
 
 
 @sam_rel_pos.kernel
@@ -401,8 +406,7 @@ def sam_rel_pos_fast(dst, out, q, tab, idx, width, axis):
     kernel computes it (ggml's mul_mat, as `ggml_matmul` reproduces it)."""
     if not is_f32(q, dst) or not dst.flags.c_contiguous:
         return NotImplemented
-    ix = idx[0, 0]
-    if ix.size and (ix.min() < 0 or ix.max() >= tab.shape[2]):
+    if not _rows_in_range(tab, idx):
         return NotImplemented  # the reference kernel says what is wrong
     if ggml_numerics():
         dst[...] = _sam_rel_pos(out, q, tab, idx, width, axis)
