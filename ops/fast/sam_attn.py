@@ -20,12 +20,13 @@ windowed layers then took 0.52-0.63 s instead of 0.07-0.12; a head split into 8 
 copied dense once per thread and head, 1-2 MiB that BLAS then packs faster), computes its scores key-major with one
 single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across the
 queries: the max of the scaled and biased scores (read only), then their exponentials in place with each query's
-sum (float32 sums of 8 keys added into a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies v
-by them with a second sgemm (`v @ p`, head-dim-major: faster than `p^T @ v^T` for these shapes) and writes each
-query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before the product: the
-same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head
-through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel
-they reproduce (one head's scores).
+sum (float32 sums of 8 keys added into a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies
+them by v with a second sgemm, query-major (`p^T @ v^T`; session 5's Zen 3 ran `v @ p` 5-10 % faster, session
+19's Zen 4 ran this one level for a global view and 1-4 % faster for windows and tiles, with the same bits), and
+writes each query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before the
+product: the same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes
+head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever
+ggml kernel they reproduce (one head's scores).
 
 `sam_rel_pos` computes one of the two rel-pos factors from the queries and the rel-pos table (the fused form of the
 SAM graph's chain for it, `npggml.graph.fuse.fuse_rel_pos`): one sgemm per grid position over all heads.
