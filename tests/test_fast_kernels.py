@@ -160,16 +160,20 @@ def test_exp32_neg_softmax_domain():
 
 
 def test_exp32_lean_softmax_domain():
-    """The SAM attention's exp of x - max <= 0: within 1.2 ulp of exp on [-86.5, 0], exp(-86.5) from there down
-    (-inf included: 2.7e-38 of a probability whose largest is 1), NaN kept."""
+    """The SAM attention's exp of x - shift: within 1.2 ulp of exp on [-86.5, 88], exp(-86.5) from there down
+    (-inf included: 2.7e-38 of a probability whose largest is 1), exp(88) from there up (+inf included; never a
+    wrapped-around power of two), NaN kept."""
     from npggml.ops.fast._common import exp32_lean
 
     run = _on_each(exp32_lean)
-    x = _exp_grid(0)
+    x = _exp_grid(88)
     _assert_ulps(x, run(x), 1.2)
     got = run(np.array([0.0, -0.0, -86.5, -200.0, -np.inf, np.nan], np.float32))
     assert got[0] == got[1] == 1 and np.isnan(got[5])
     np.testing.assert_allclose(got[2:5], np.exp(-86.5), rtol=1e-6)
+    above = np.array([np.nextafter(np.float32(88), np.float32(99)), 88.7, 89.0, 95.0, 200.0, 1e30, np.inf],
+                     np.float32)
+    np.testing.assert_allclose(run(above), np.exp(88.0), rtol=1e-6)
 
 
 def test_v_expf_bitwise_with_reference():
@@ -296,6 +300,40 @@ def test_sam_rel_attn_non_finite_scores(strided):
     k[1, 1, 5, 0] = np.inf  # key 5 of batch 1, head 1: +-inf scores (by the sign of each query's q[0])
     rel_w[1, 2] = -np.inf  # query 2 of batch 0, head 1: every biased score -inf
     rel_h[2, 4, 1] = -np.inf  # query 4 of batch 1, head 0: the keys of row kh = 1 -inf, the others finite
+    _, used_fast = _check_case("sam_rel_attn", "exact", case)
+    assert used_fast
+
+
+@pytest.mark.parametrize("lift", [0.0, 20.0, 100.0])
+def test_sam_rel_attn_softmax_shift_from_a_sample(lift):
+    """The softmax's shift is the max over every 8th key row (here row kh = 0 of 4). Keys outside the sample that
+    rise `lift` above it: 20 gives one query a sum of ~e^20 > SUM_LIMIT, whose exponentials are divided by it;
+    100 takes them past exp(88), where `exp32_lean` clamps, so the pass says so and the same scores with step 1
+    give the exact softmax. Each way the probabilities are the reference's, and the op's value too."""
+    from npggml.ops.fast import sam_attn
+
+    assert sam_attn.MAX_SAMPLE_STEP == 8
+    rng = np.random.default_rng(5)
+    w, hh, qb = 4, 4, 16
+    sT = rng.standard_normal((1, w * hh, qb), dtype=np.float32)  # key-major scores of 16 queries
+    rwT = rng.standard_normal((1, w, qb), dtype=np.float32)
+    rhT = rng.standard_normal((1, hh, qb), dtype=np.float32)
+    rhT[0, 2, 3] += lift  # query 3: the 4 keys of grid row 2, outside the sample
+    biased = sT[0] * np.float32(0.125) + (rwT[0][None, :, :] + rhT[0][:, None, :]).reshape(w * hh, qb)
+    expected = np.exp(biased - biased.max(0)) / np.exp(biased - biased.max(0)).sum(0)
+    colmax, part, acc = np.empty(qb, np.float32), np.empty(qb, np.float32), np.empty((1, qb))
+    got = sT.copy()
+    done = sam_attn._softmax_cols(got, rwT, rhT, np.float32(0.125), colmax, acc, part, 8)
+    assert done == (lift < 88)
+    if not done:
+        assert acc[0, 3] >= sam_attn.SUM_OVERFLOW
+        got = sT.copy()
+        assert sam_attn._softmax_cols(got, rwT, rhT, np.float32(0.125), colmax, acc, part, 1)
+    assert (acc[0, 3] == 1.0) == (lift == 20.0)  # divided out
+    np.testing.assert_allclose(got[0] / acc[0].astype(np.float32), expected, rtol=2e-6, atol=1e-30)
+
+    case = _sam_case(6, 4, 4, 2, 2, strided=True)
+    case.srcs[4].value[1, 3, 2] += lift  # rel_h (H*B, Nq, Hh, 1): query 3 of batch 0, head 1, key row 2
     _, used_fast = _check_case("sam_rel_attn", "exact", case)
     assert used_fast
 

@@ -57,6 +57,7 @@ def _f32_as_i32(typingctx, x):
 
 
 _EXP_LO = F32(-86.5)  # from here down: flushed to zero (keeps 2**(n-1) a normal float)
+_LEAN_HI = F32(88.0)  # exp32_lean clamps x to [_EXP_LO, _LEAN_HI]
 _EXP_HI = F32(88.75)  # above: inf (float32 exp overflows from 88.7228)
 _E2, _E3, _E4, _E5, _E6, _E7 = (F32(1.0 / math.factorial(i)) for i in range(2, 8))
 _ONE32 = F32(1.0)
@@ -105,12 +106,14 @@ _LOG2E_LO = F32(float.fromhex("0x1.4ae0c0p-26"))  # log2(e) - _LOG2E
 
 @helper
 def exp32_lean(x):
-    """exp(x) for x <= 0 in fewer steps than `exp32_neg`, for the SAM attention's exponential pass: 2**n times a
-    degree-6 polynomial in f = x log2(e) - n (log2 e in two parts, so that f keeps float32 accuracy at large |x|)
-    and one select, the clamp. Within 1.2 ulp of exp on [-86.5, 0]; from there down (-inf too) exp(-86.5) =
-    2.7e-38 instead of 0; NaN stays NaN (the clamp keeps it, so a NaN score still makes its query's sum NaN).
-    Without `exp32_neg`'s flush to zero and NaN select and with one degree less it is ~1/5 faster in that pass."""
+    """exp(x) in fewer steps than `exp32_neg`, for the SAM attention's exponential pass: 2**n times a degree-6
+    polynomial in f = x log2(e) - n (log2 e in two parts, so that f keeps float32 accuracy at large |x|), x first
+    clamped to [-86.5, 88] so that 2**n fits a float32's exponent bits. Within 1.2 ulp of exp on [-86.5, 88];
+    below (-inf too) exp(-86.5) = 2.7e-38 instead of 0, above (+inf too) exp(88) = 1.65e38 instead of more or
+    +inf; NaN stays NaN (the clamps keep it, so a NaN score still makes its query's sum NaN). Without
+    `exp32_neg`'s flush to zero and NaN select and with one degree less it is ~1/5 faster in that pass."""
     xc = _EXP_LO if x < _EXP_LO else x
+    xc = _LEAN_HI if xc > _LEAN_HI else xc
     z = fmaf(xc, _LOG2E, _SHIFT)
     f = fmaf(xc, _LOG2E_LO, fmaf(xc, _LOG2E, -(z - _SHIFT)))
     p = fmaf(fmaf(fmaf(fmaf(fmaf(fmaf(_Q6, f, _Q5), f, _Q4), f, _Q3), f, _Q2), f, _Q1), f, _Q0)

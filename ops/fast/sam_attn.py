@@ -19,14 +19,16 @@ first, on one thread, made the op twice as slow on a page: copies of q and k of 
 windowed layers then took 0.52-0.63 s instead of 0.07-0.12; a head split into 8 or more tasks has its k and v
 copied dense once per thread and head, 1-2 MiB that BLAS then packs faster), computes its scores key-major with one
 single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across the
-queries: the max of the scaled and biased scores (read only), then their exponentials in place with each query's
-sum (float32 sums of 8 keys added into a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies
-them by v with a second sgemm, query-major (`p^T @ v^T`; session 5's Zen 3 ran `v @ p` 5-10 % faster, session
-19's Zen 4 ran this one level for a global view and 1-4 % faster for windows and tiles, with the same bits), and
-writes each query's 64 outputs times 1/sum into the result (the reference normalises the probabilities before the
-product: the same value to float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes
-head by head through the mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever
-ggml kernel they reproduce (one head's scores).
+queries: the max of the scaled and biased scores over every 8th row of the key grid (read only; a full max pass was
+~5 % of a task, and any shift at most the true max gives the same softmax: `_softmax_cols` says how sums that come
+out large are handled), then their exponentials in place with each query's sum (float32 sums of 8 keys added into
+a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies them by v with a second sgemm,
+query-major (`p^T @ v^T`; session 5's Zen 3 ran `v @ p` 5-10 % faster, session 19's Zen 4 ran this one level for
+a global view and 1-4 % faster for windows and tiles, with the same bits), and writes each query's 64 outputs
+times 1/sum into the result (the reference normalises the probabilities before the product: the same value to
+float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head through the
+mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they
+reproduce (one head's scores).
 
 `sam_rel_pos` computes one of the two rel-pos factors from the queries and the rel-pos table (the fused form of the
 SAM graph's chain for it, `npggml.graph.fuse.fuse_rel_pos`): one sgemm per grid position over all heads.
@@ -48,6 +50,11 @@ from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
 BLOCK_ELEMENTS = 1 << 19  # scores per task (2 MiB of float32): 128 query rows of 4096 keys, or 12 196x196 heads
+# The softmax's shift: the max over every 8th row of the key grid (a full max pass took ~5 % of a task). A sum of
+# exponentials above SUM_LIMIT is divided out; one of SUM_OVERFLOW or more may hold an exponential clamped at
+# exp(88) = 1.65e38 (`exp32_lean`), so its scores are taken again with the true max (see `_softmax_cols`).
+MAX_SAMPLE_STEP = 8
+SUM_LIMIT, SUM_OVERFLOW = F64(2.0**20), F64(2.0**126)
 
 
 def _flops(n) -> float:
@@ -138,15 +145,16 @@ def _weight(row, wr, hr, scale, colmax, c):
 
 
 @serial_fma
-def _max_cols(sT, rwT, rhT, scale, colmax):
-    """colmax = max over keys of s*scale + (rel_w[kw] + rel_h[kh]) per query (the scores are only read). Each key
-    row's biased scores go to a temporary row first; the running max as a loop of selects ran 3x slower than
-    `np.maximum` (a NaN score makes its query's max NaN, and so its output, as in the reference)."""
+def _max_cols(sT, rwT, rhT, scale, colmax, step):
+    """colmax = max of s*scale + (rel_w[kw] + rel_h[kh]) per query over the key rows kh = 0, step, 2 step, ...
+    (every key when step is 1; the scores are only read). Each key row's biased scores go to a temporary row
+    first; the running max as a loop of selects ran 3x slower than `np.maximum` (a NaN score makes its query's
+    max NaN, and so its output, as in the reference)."""
     W, Hh = rwT.shape[0], rhT.shape[0]
     qb = sT.shape[1]
     tmp = np.empty(qb, F32)
     colmax[:] = NEG_INF
-    for kh in range(Hh):
+    for kh in range(0, Hh, step):
         hr = rhT[kh]
         for kw in range(W):
             row = sT[kh * W + kw]
@@ -194,11 +202,43 @@ def _exp_cols(sT, rwT, rhT, scale, colmax, acc, part):
 
 
 @serial_fma
-def _softmax_cols(S, rwT, rhT, scale, colmax, acc, part):
-    """`_max_cols` then `_exp_cols` on each head's key-major scores S[j] (a task's heads, one after the other)."""
+def _softmax_cols(S, rwT, rhT, scale, colmax, acc, part, step):
+    """Each head's key-major scores S[j] (a task's heads, one after the other) -> their exponentials and sums:
+    `_max_cols` with `step`, then `_exp_cols` with that max. Any shift gives the same softmax as long as the
+    exponentials neither overflow nor all vanish. With step > 1 the shift is the max over a sample of the keys,
+    at most the true max m, so the exponentials are at most exp(m - shift), each at most its query's sum, which is
+    at least 1 (the sampled max's own term): a sum up to SUM_LIMIT needs nothing more; a larger one is divided out
+    of its query's exponentials (as the reference normalises them); one of SUM_OVERFLOW or more (an exponential may
+    have been clamped) returns False, and the caller computes the scores again and this with step 1 (every
+    exponential then at most 1: sums at most the number of keys, or NaN)."""
     for j in range(S.shape[0]):
-        _max_cols(S[j], rwT[j], rhT[j], scale, colmax)
+        _max_cols(S[j], rwT[j], rhT[j], scale, colmax, step)
         _exp_cols(S[j], rwT[j], rhT[j], scale, colmax, acc[j], part)
+    for j in range(S.shape[0]):
+        large = False
+        for c in range(acc.shape[1]):
+            if acc[j, c] >= SUM_OVERFLOW:
+                return False
+            large |= acc[j, c] > SUM_LIMIT
+        if large:
+            _divide_out(S[j], acc[j], colmax)
+    return True
+
+
+@serial
+def _divide_out(sT, acc, inv):
+    """The queries whose sum exceeds SUM_LIMIT: exponentials times float(1/sum) and the sum set to 1 (the others
+    times 1); `inv` is scratch."""
+    for c in range(acc.shape[0]):
+        if acc[c] > SUM_LIMIT:
+            inv[c] = F32(1.0 / acc[c])
+            acc[c] = 1.0
+        else:
+            inv[c] = F32(1.0)
+    for k in range(sT.shape[0]):
+        row = sT[k]
+        for c in range(row.shape[0]):
+            row[c] *= inv[c]
 
 
 @serial
@@ -330,7 +370,9 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
             rw_b = np.ascontiguousarray(rw[b, h0:h1, i0:i1].transpose(0, 2, 1))
             rh_b = np.ascontiguousarray(rh[b, h0:h1, i0:i1].transpose(0, 2, 1))
             acc = acc_buf[: m * n].reshape(m, n)
-            _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n])
+            if not _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n], MAX_SAMPLE_STEP):
+                np.matmul(kk, q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # overflowed: again, exactly
+                _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n], 1)
             R = r_buf[: m * n * D].reshape(m, n, D)
             # query-major, S^T v^T (the module docstring says why)
             np.matmul(S.transpose(0, 2, 1), vv.transpose(0, 2, 1), out=R)
