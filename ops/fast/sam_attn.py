@@ -16,8 +16,8 @@ fast kernel cuts the work into tasks of about 2 MiB of scores (8 MiB blocks ran 
 128 query rows at the 1024 global view, the 12 heads of one 14x14 window in the windowed layers. The BLAS pool's
 threads take tasks; each reads its operands as views of the nodes' buffers (copying q, k and the bias factors
 first, on one thread, made the op twice as slow on a page: copies of q and k of up to 31 MiB a layer, and some
-windowed layers then took 0.52-0.63 s instead of 0.07-0.12; a head split into 8 or more tasks has its k and v
-copied dense once per thread and head, 1-2 MiB that BLAS then packs faster), computes its scores key-major with one
+windowed layers then took 0.52-0.63 s instead of 0.07-0.12; a head split into 4 or more tasks has its k and v
+copied dense once per thread and head, 0.8-2 MiB that BLAS then packs faster), computes its scores key-major with one
 single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across the
 queries: the max of the scaled and biased scores over every 8th row of the key grid (read only; a full max pass was
 ~5 % of a task, and any shift at most the true max gives the same softmax: `_softmax_cols` says how sums that come
@@ -301,9 +301,11 @@ def dense(x: np.ndarray) -> np.ndarray:
 
 
 # Dense copies of a head's k and v once it spans this many tasks. One attention layer, alternated runs (medians of
-# 11, 15 and 25): 4096 queries in 32 tasks a head 3-13 % faster (667 -> 582 ms), 2304 x 6 tiles (11 tasks) 1-4 %
-# faster, 1600 x 6 tiles (5 tasks) from 6 % faster to 1 % slower (594 -> 557, 441 -> 444, 447 -> 453 ms).
-DENSE_MIN_TASKS = 8
+# 11, 15 and 25; session 13's Zen 3): 4096 queries in 32 tasks a head 3-13 % faster (667 -> 582 ms), 2304 x 6
+# tiles (11 tasks) 1-4 % faster, 1600 x 6 tiles (5 tasks) from 6 % faster to 1 % slower (594 -> 557, 441 -> 444,
+# 447 -> 453 ms). On session 20's Zen 4 those 5 tasks a head 4-7 % faster (343 -> 319, 337 -> 322, 332 -> 316 ms;
+# the v1 page 19.84 -> 19.50 s, faster in 5 of 5 alternations), so from 4 on.
+DENSE_MIN_TASKS = 4
 
 
 def blocks(nq: int, nk: int) -> int:
