@@ -17,18 +17,18 @@ fast kernel cuts the work into tasks of about 2 MiB of scores (8 MiB blocks ran 
 threads take tasks; each reads its operands as views of the nodes' buffers (copying q, k and the bias factors
 first, on one thread, made the op twice as slow on a page: copies of q and k of up to 31 MiB a layer, and some
 windowed layers then took 0.52-0.63 s instead of 0.07-0.12; a head split into 4 or more tasks has its k and v
-copied dense once per thread and head, 0.8-2 MiB that BLAS then packs faster), computes its scores key-major with one
-single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across the
-queries: the max of the scaled and biased scores over every 8th row of the key grid (read only; a full max pass was
-~5 % of a task, and any shift at most the true max gives the same softmax: `_softmax_cols` says how sums that come
-out large are handled), then their exponentials in place with each query's sum (float32 sums of 8 keys added into
-a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies them by v with a second sgemm,
-query-major (`p^T @ v^T`; session 5's Zen 3 ran `v @ p` 5-10 % faster, session 19's Zen 4 ran this one level for
-a global view and 1-4 % faster for windows and tiles, with the same bits), and writes each query's 64 outputs
-times 1/sum into the result (the reference normalises the probabilities before the product: the same value to
-float32 rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head through the
-mul_mat kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they
-reproduce (one head's scores).
+copied dense once per thread and head, 0.8-2 MiB that BLAS then packs faster), computes its scores key-major with
+one single-threaded sgemm (`k @ q_block^T`, batched over the task's heads), then two Numba passes that run across
+the queries: the max of the scaled and biased scores over every 8th row of the key grid (read only; a full max pass
+was ~5 % of a task, and any shift at most the true max gives the same softmax: `_softmax_cols` says how sums that
+come out large are handled), then their exponentials in place with each query's sum (float32 sums of 8 keys added
+into a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies them by v with a second sgemm,
+query-major (`p^T @ v^T`; session 5's Zen 3 ran `v @ p` 5-10 % faster, session 19's Zen 4 ran this one level for a
+global view and 1-4 % faster for windows and tiles, with the same bits), and writes each query's 64 outputs times
+1/sum into the result (the reference normalises the probabilities before the product: the same value to float32
+rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head through the mul_mat
+kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they reproduce (one
+head's scores).
 
 `sam_rel_pos` computes one of the two rel-pos factors from the queries and the rel-pos table (the fused form of the
 SAM graph's chain for it, `npggml.graph.fuse.fuse_rel_pos`): one sgemm per grid position over all heads.
