@@ -50,9 +50,9 @@ from npggml.ops.registry import Out, ggml_numerics, op, require
 
 NEG_INF = F32(-np.inf)
 BLOCK_ELEMENTS = 1 << 19  # scores per task (2 MiB of float32): 128 query rows of 4096 keys, or 12 196x196 heads
-# The softmax's shift: the max over every 8th row of the key grid (a full max pass took ~5 % of a task). A sum of
-# exponentials above SUM_LIMIT is divided out; one of SUM_OVERFLOW or more may hold an exponential clamped at
-# exp(88) = 1.65e38 (`exp32_lean`), so its scores are taken again with the true max (see `_softmax_cols`).
+# The softmax's shift: the max over every MAX_SAMPLE_STEP-th row of the key grid. A sum of exponentials above
+# SUM_LIMIT is divided out; one of SUM_OVERFLOW or more may hold an exponential clamped at exp(88) = 1.65e38
+# (`exp32_lean`), so its scores are taken again with the true max (`_softmax_cols`).
 MAX_SAMPLE_STEP = 8
 SUM_LIMIT, SUM_OVERFLOW = F64(2.0**20), F64(2.0**126)
 
