@@ -52,7 +52,7 @@ NEG_INF = F32(-np.inf)
 BLOCK_ELEMENTS = 1 << 19  # scores per task (2 MiB of float32): 128 query rows of 4096 keys, or 12 196x196 heads
 # The softmax's shift: the max over every MAX_SAMPLE_STEP-th row of the key grid. A sum of exponentials above
 # SUM_LIMIT is divided out; one of SUM_OVERFLOW or more may hold an exponential clamped at exp(88) = 1.65e38
-# (`exp32_lean`), so its scores are taken again with the true max (`_softmax_cols`).
+# (`exp32_lean`), so its scores are taken again with the true max (`_softmax_cols`, `_settle_sums`).
 MAX_SAMPLE_STEP = 8
 SUM_LIMIT, SUM_OVERFLOW = F64(2.0**20), F64(2.0**126)
 
@@ -204,41 +204,40 @@ def _exp_cols(sT, rwT, rhT, scale, colmax, acc, part):
 @serial_fma
 def _softmax_cols(S, rwT, rhT, scale, colmax, acc, part, step):
     """Each head's key-major scores S[j] (a task's heads, one after the other) -> their exponentials and sums:
-    `_max_cols` with `step`, then `_exp_cols` with that max. Any shift gives the same softmax as long as the
-    exponentials neither overflow nor all vanish. With step > 1 the shift is the max over a sample of the keys,
-    at most the true max m, so the exponentials are at most exp(m - shift), each at most its query's sum, which is
-    at least 1 (the sampled max's own term): a sum up to SUM_LIMIT needs nothing more; a larger one is divided out
-    of its query's exponentials (as the reference normalises them); one of SUM_OVERFLOW or more (an exponential may
-    have been clamped) returns False, and the caller computes the scores again and this with step 1 (every
-    exponential then at most 1: sums at most the number of keys, or NaN)."""
+    `_max_cols` with `step`, then `_exp_cols` with that max, then `_settle_sums`. Any shift gives the same softmax
+    as long as the exponentials neither overflow nor all vanish. With step > 1 the shift is the max over a sample
+    of the keys, at most the true max m, so the exponentials are at most exp(m - shift), each at most its query's
+    sum, which is at least 1 (the sampled max's own term). False when a sum may hold a clamped exponential: the
+    caller computes the scores again and this with step 1 (every exponential then at most 1: sums at most the
+    number of keys, or NaN, so that call returns True)."""
     for j in range(S.shape[0]):
         _max_cols(S[j], rwT[j], rhT[j], scale, colmax, step)
         _exp_cols(S[j], rwT[j], rhT[j], scale, colmax, acc[j], part)
-    for j in range(S.shape[0]):
-        large = False
-        for c in range(acc.shape[1]):
-            if acc[j, c] >= SUM_OVERFLOW:
-                return False
-            large |= acc[j, c] > SUM_LIMIT
-        if large:
-            _divide_out(S[j], acc[j], colmax)
+        if not _settle_sums(S[j], acc[j], colmax):
+            return False
     return True
 
 
 @serial
-def _divide_out(sT, acc, inv):
-    """The queries whose sum exceeds SUM_LIMIT: exponentials times float(1/sum) and the sum set to 1 (the others
-    times 1); `inv` is scratch."""
+def _settle_sums(sT, acc, inv):
+    """One head's sums against the limits: one of SUM_OVERFLOW or more (an exponential may have been clamped)
+    returns False; one above SUM_LIMIT is divided out of its query's exponentials (times float(1/sum), as the
+    reference normalises them) and becomes 1; the others stay. `inv` is scratch (the column maxima, used up)."""
+    large = False
     for c in range(acc.shape[0]):
+        if acc[c] >= SUM_OVERFLOW:
+            return False
+        inv[c] = F32(1.0)
         if acc[c] > SUM_LIMIT:
             inv[c] = F32(1.0 / acc[c])
             acc[c] = 1.0
-        else:
-            inv[c] = F32(1.0)
-    for k in range(sT.shape[0]):
-        row = sT[k]
-        for c in range(row.shape[0]):
-            row[c] *= inv[c]
+            large = True
+    if large:
+        for k in range(sT.shape[0]):
+            row = sT[k]
+            for c in range(row.shape[0]):
+                row[c] *= inv[c]
+    return True
 
 
 @serial
@@ -367,13 +366,14 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
             m, n = h1 - h0, i1 - i0
             kk, vv = operands(tid, b, h0, h1)
             S = s_buf[: m * Nk * n].reshape(m, Nk, n)
-            np.matmul(kk, q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # mul_mat(k, q), key-major
+            qT = q[b, h0:h1, i0:i1].transpose(0, 2, 1)
+            np.matmul(kk, qT, out=S)  # mul_mat(k, q), key-major
             # the block's bias rows, one row of queries per kw (kh): contiguous, as Numba vectorises those
             rw_b = np.ascontiguousarray(rw[b, h0:h1, i0:i1].transpose(0, 2, 1))
             rh_b = np.ascontiguousarray(rh[b, h0:h1, i0:i1].transpose(0, 2, 1))
             acc = acc_buf[: m * n].reshape(m, n)
             if not _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n], MAX_SAMPLE_STEP):
-                np.matmul(kk, q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)  # overflowed: again, exactly
+                np.matmul(kk, qT, out=S)  # a sum may have overflowed: again, with the true max
                 _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n], 1)
             R = r_buf[: m * n * D].reshape(m, n, D)
             # query-major, S^T v^T (the module docstring says why)
