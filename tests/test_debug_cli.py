@@ -5,8 +5,11 @@ block matters; the two complete runs are the fixture alignment checks.
 """
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -354,3 +357,13 @@ def test_trace_v2_views_line_up_with_the_reference_dumps(cli, tmp_path, mode, so
             assert ours.shape == theirs.shape, (k, name)
         rc, cmp_out, _ = cli("compare", out_dir / f"view_{k}", ref / folder)
         assert rc == 0, cmp_out
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`npggml inspect ... | head`: when the pipe's reader has gone, no BrokenPipeError traceback, status 141."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "npggml.tools.cli", "inspect", str(MODELS / "mmproj-tiny-dsocr-f32.gguf")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the command has printed anything (its start-up alone takes longer)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

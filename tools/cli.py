@@ -2,13 +2,15 @@
 
 The console entry point. Each subcommand lives in its own module under `npggml.tools` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
-User errors (`NpggmlError`) become one line on stderr and exit status 2.
+User errors (`NpggmlError`) become one line on stderr and exit status 2. A reader that stops early
+(`npggml graph ... | head`) ends the command quietly with status 141, as if SIGPIPE had killed it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from npggml.errors import NpggmlError
@@ -39,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.malloc == "retain":
         retain_freed_memory()
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's flush at exit
+        return rc
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return 141
     except NpggmlError as e:
         sys.stderr.write(f"npggml: error: {e}\n")
         return 2
