@@ -26,6 +26,12 @@ def test_bench_json(capsys):
     assert per["sam_rel_attn"]["count"] == 12 and per["sam_rel_attn"]["fast"] == 12  # one per SAM layer
     assert "soft_max_ext" in per and per["mul_mat"]["flops"] > 0
     assert abs(sum(v["flops"] for v in per.values()) - r["flops"]) <= 1e-6 * r["flops"]
+    # the sgemm floor: the FLOPs at the sgemm rate, and each op type's seconds beyond its share of it
+    rate = r["sgemm_gflops"] * 1e9
+    assert abs(r["sgemm_floor_seconds"] - r["flops"] / rate) <= 1e-3 * r["sgemm_floor_seconds"]
+    for v in per.values():
+        assert abs(v["over_sgemm_seconds"] - (v["seconds"] - v["flops"] / rate)) < 2e-4
+    assert per["cont"]["flops"] == 0 and per["cont"]["over_sgemm_seconds"] == per["cont"]["seconds"] > 0
 
 
 def test_bench_rejects_a_repeat_below_one(capsys):

@@ -4,8 +4,9 @@ Reports Numba compile time (compile events during a warm-up encode; a second pro
 on-disk cache and reports about 0 with no cache misses), the median encode time over `--repeat` runs, the sgemm
 rate measured just before each of them (4096^3 float32 `np.matmul`, best of 3, NumPy's own BLAS threading; the
 median is the run's `sgemm_gflops`: on a shared host the machine's speed drifts within minutes), the graph's FLOPs
-(from the ops' `flops` functions), the achieved rate and its ratio to that sgemm rate, a per-op breakdown (of the
-last run) and the peak RSS.
+(from the ops' `flops` functions), the achieved rate and its ratio to that sgemm rate, the sgemm floor (the time
+the FLOPs would take at that rate), a per-op breakdown of the last run (with each op type's seconds over its own
+floor: where the encode loses its time against the sgemm) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ def run(args) -> int:
     sgemm = statistics.median(sgemms)
     flops, per_op = breakdown(result.interpreter)
     gflops = flops / seconds / 1e9
+    floor = flops / (sgemm * 1e9)
+    for v in per_op.values():
+        v["over_sgemm_seconds"] = v["seconds"] - v["flops"] / (sgemm * 1e9)
     report = {
         "model": args.mmproj,
         "image": args.image,
@@ -163,10 +167,11 @@ def run(args) -> int:
         "flops": flops,
         "gflops": round(gflops, 2),
         "sgemm_ratio": round(gflops / sgemm, 4),
+        "sgemm_floor_seconds": round(floor, 4),
         "peak_rss_bytes": peak_rss_bytes(),
         "python": platform.python_version(),
-        "per_op": {k: {**v, "seconds": round(v["seconds"], 4), "gflops": round(v["gflops"], 2)}
-                   for k, v in per_op.items()},
+        "per_op": {k: {**v, "seconds": round(v["seconds"], 4), "gflops": round(v["gflops"], 2),
+                       "over_sgemm_seconds": round(v["over_sgemm_seconds"], 4)} for k, v in per_op.items()},
     }
     if args.json:
         print(json.dumps(report))
@@ -178,14 +183,16 @@ def run(args) -> int:
           f"{report['numba_cache']['cache_hits']}, misses {report['numba_cache']['cache_misses']})")
     print(f"encode (median)   {seconds:8.3f} s  over {args.repeat} runs {report['encode_runs']}")
     print(f"FLOPs             {flops / 1e12:8.3f} TFLOP -> {gflops:.1f} GFLOP/s = {gflops / sgemm:.1%} of sgemm")
+    print(f"sgemm floor       {floor:8.3f} s  (those FLOPs at the sgemm rate; the encode is "
+          f"{seconds - floor:.3f} s over it)")
     print(f"peak RSS          {report['peak_rss_bytes'] / 2**30:8.2f} GiB  (freed memory "
           f"{'retained' if report['malloc_retained'] else 'returned: glibc default'})")
-    print(f"{'op':<16}{'count':>6}{'seconds':>10}{'share':>8}{'GFLOP':>10}{'GFLOP/s':>10}  kernels")
+    print(f"{'op':<16}{'count':>6}{'seconds':>10}{'share':>8}{'GFLOP':>10}{'GFLOP/s':>10}{'over':>8}  kernels")
     total_t = sum(v["seconds"] for v in per_op.values()) or 1.0
     for name, v in per_op.items():
         if v["seconds"] < 1e-4 and not v["flops"]:
             continue
         kern = f"fast {v['fast']}" + (f", ref {v['ref']}" if v["ref"] else "")
         print(f"{name:<16}{v['count']:>6}{v['seconds']:>10.3f}{v['seconds'] / total_t:>8.1%}"
-              f"{v['flops'] / 1e9:>10.1f}{v['gflops']:>10.1f}  {kern}")
+              f"{v['flops'] / 1e9:>10.1f}{v['gflops']:>10.1f}{v['over_sgemm_seconds']:>8.3f}  {kern}")
     return 0
