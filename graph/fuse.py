@@ -9,6 +9,9 @@ Passes (the two SAM attention ones live in `npggml.graph.fuse_sam`):
 - `fuse_sam_attention`: SAM attention with decomposed relative positions,
   `mul_mat(v, soft_max_ext(mul_mat(k, q), reshape_4d(add(repeat_4d(rel_w), rel_h)), scale))`
   -> `sam_rel_attn(q, k, v, rel_w, rel_h, scale)` (see `npggml.ops.fast.sam_attn`).
+- `fuse_attention`: any other attention without flash attention (`build_attn`: CLIP, v2's Qwen2 encoder),
+  `mul_mat(v, soft_max_ext(mul_mat(k, q), mask, scale))` with no ALiBi -> `attn(q, k, v, mask, scale)` (see
+  `npggml.ops.fast.attn`), named `attn-<il>`. It runs after `fuse_sam_attention`, which takes SAM's.
 - `fuse_rel_pos`: the two rel-pos factors of a `sam_rel_attn` when they are SAM's chains from its own queries
   (copies of q regrouped by grid row and column, a batched product with the picked table rows
   `get_rows(table, indices)`, a copy of the columns' result) -> two `sam_rel_pos(q, table, indices)` nodes. Their
@@ -35,10 +38,11 @@ Passes (the two SAM attention ones live in `npggml.graph.fuse_sam`):
 - `fuse_bias_residual`: a linear layer's bias and the residual add after it, `add(add(x, b), y)` (either order of
   the outer add) with b one row and y of x's shape -> `add_res(x, b, y)`, named as the residual add
   (`sam_layer_out-3`): one pass instead of two.
-- `elide_copies`: an operand of `sam_rel_attn`, `sam_rel_pos` or `cont` that is a copy (`cont`), or a reshape /
-  permute / view of one, re-read as one strided view of the tensor the copy was taken from, when that is possible:
-  SAM's q, k and v then read the qkv product itself, and their four copies a layer (q, k, v, v transposed) drop
-  out. The reading node gets the same values, bit for bit; only where it reads them from changes.
+- `elide_copies`: an operand of `sam_rel_attn`, `attn`, `sam_rel_pos` or `cont` that is a copy (`cont`), or a
+  reshape / permute / view of one, re-read as one strided view of the tensor the copy was taken from, when that is
+  possible: SAM's q, k and v then read the qkv product itself, and their four copies a layer (q, k, v, v
+  transposed) drop out, and so does `build_attn`'s copy of v transposed. The reading node gets the same values,
+  bit for bit; only where it reads them from changes.
 """
 
 from __future__ import annotations
@@ -46,13 +50,51 @@ from __future__ import annotations
 import numpy as np
 
 from npggml.graph.context import Context
-from npggml.graph.fuse_sam import fuse_rel_pos, fuse_sam_attention
+from npggml.graph.fuse_sam import fuse_rel_pos, fuse_sam_attention, fused_name
 from npggml.graph.graph import Graph, only_user, sole_user
 from npggml.graph.interp import Interpreter
 from npggml.graph.tensor import Tensor
 from npggml.ops import registry
 from npggml.ops.elementwise import BIAS_ACTS
-from npggml.ops.registry import is_row
+from npggml.ops.registry import RuleError, is_row
+
+
+def match_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | None:
+    """The sources of the fused op if `kqv` is `mul_mat(v, soft_max_ext(mul_mat(k, q), mask, scale))` whose score
+    and probability tensors nothing else reads, else None."""
+    if kqv.op != "mul_mat" or kqv.is_view:
+        return None
+    v, sm = kqv.srcs
+    if sm.op != "soft_max_ext" or sm.params.get("max_bias", 0.0) != 0.0:
+        return None
+    kq, mask = sm.srcs
+    if kq.op != "mul_mat" or not (only_user(sm, kqv, users) and only_user(kq, sm, users)):
+        return None
+    k, q = kq.srcs
+    return (q, k, v, mask), {"scale": sm.params["scale"]}
+
+
+def fuse_attention(graph: Graph) -> int:
+    """Rewrite every attention `match_attention` finds into `attn` (when the op takes those operands as they are);
+    returns the number rewritten."""
+    d = registry.get("attn")
+    users = graph.consumers()
+    n = 0
+    for node in list(graph.nodes):
+        m = match_attention(node, users)
+        if m is None:
+            continue
+        srcs, params = m
+        try:
+            res = d.rule(*srcs, **params)
+        except RuleError:  # operands the fused op does not take (a transposed k, a quantised v, ...)
+            continue
+        if tuple(res.ne) != node.ne or res.dtype != node.dtype:
+            continue
+        node.name = fused_name(node, users, n, "attn")
+        node.op, node.srcs, node.params = d.name, srcs, params
+        n += 1
+    return n
 
 
 def fuse_norm_affine(graph: Graph) -> int:
@@ -329,7 +371,7 @@ def view_of(layout: Layout, name: str) -> Tensor | None:
 
 
 # which sources of which ops may be any strided view (their kernels take strided operands)
-STRIDED_READERS = {"sam_rel_attn": (0, 1, 2), "sam_rel_pos": (0,), "cont": (0,)}
+STRIDED_READERS = {"sam_rel_attn": (0, 1, 2), "attn": (0, 1, 2), "sam_rel_pos": (0,), "cont": (0,)}
 
 
 def _reads_a_copy(t: Tensor) -> bool:
@@ -361,8 +403,8 @@ def elide_copies(graph: Graph) -> int:
     return sum(rewritten.get(id(t), 0) for t in Graph(graph.outputs).nodes) if rewritten else 0
 
 
-PASSES = {"sam_attention": fuse_sam_attention, "rel_pos": fuse_rel_pos, "linear_crop": move_linear_past_crop,
-          "linear_rows": gather_linear_rows,
+PASSES = {"sam_attention": fuse_sam_attention, "attention": fuse_attention, "rel_pos": fuse_rel_pos,
+          "linear_crop": move_linear_past_crop, "linear_rows": gather_linear_rows,
           "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act, "bias_residual": fuse_bias_residual,
           "copies": elide_copies}
 # passes whose graph gives the unfused graph's values to float rounding, not bit for bit

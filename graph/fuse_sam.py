@@ -12,8 +12,8 @@ from npggml.graph.tensor import Tensor
 from npggml.ops import registry
 
 
-def _fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int) -> str:
-    """`sam_rel_attn-<il>` with the layer taken from the `kqv_out-<il>` node downstream, if there is one."""
+def fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int, op: str = "sam_rel_attn") -> str:
+    """`<op>-<il>` with the layer taken from the `kqv_out-<il>` node downstream, if there is one."""
     frontier = [kqv]
     for _ in range(3):
         nxt = []
@@ -21,10 +21,10 @@ def _fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int) -> s
             for u in users.get(id(t), []):
                 m = re.fullmatch(r"kqv_out-(\d+)", u.name)
                 if m:
-                    return f"sam_rel_attn-{m.group(1)}"
+                    return f"{op}-{m.group(1)}"
                 nxt.append(u)
         frontier = nxt
-    return f"sam_rel_attn#{fallback}"
+    return f"{op}#{fallback}"
 
 
 def match_sam_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | None:
@@ -72,7 +72,7 @@ def fuse_sam_attention(graph: Graph) -> int:
         res = d.rule(*srcs, **params)
         if tuple(res.ne) != node.ne or res.dtype != node.dtype:
             continue
-        node.name = _fused_name(node, users, n)
+        node.name = fused_name(node, users, n)
         node.op, node.srcs, node.params = d.name, srcs, params
         n += 1
     return n

@@ -686,6 +686,30 @@ def _sam_rel_attn(draw, op):
                 {"scale": draw(st.sampled_from([0.125, 0.5, 1.0]))})
 
 
+@strategy("attn")
+@st.composite
+def _attn(draw, op):
+    """q [D, Nq, H, B], k [D, Nk, Hk, Bk] and v [Nk, Dv, Hk, Bk] (transposed; unit-stride rows, or columns as
+    after `elide_copies`) with H/Hk query heads a k and v head and B/Bk batch entries a k and v entry, a mask
+    [Nk, >= Nq, a divisor of H, a divisor of B] of f16 or f32 with some -inf, or none."""
+    d, dv, nq, nk = draw(st.integers(1, 8)), draw(st.integers(1, 6)), draw(side), draw(side)
+    hk, bk = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    h, b = hk * draw(st.integers(1, 3)), bk * draw(st.integers(1, 2))
+    cols = ("perm", (1, 0, 2, 3))
+    v = draw(st.one_of(src((nk, dv, hk, bk), "f32", "rows"),
+                       seeds.map(lambda seed: Src(values(seed, (nk, dv, hk, bk), "f32"), "f32", cols))))
+    mask = None
+    if draw(st.booleans()):
+        m = values(draw(seeds), (nk, nq + draw(st.integers(0, 2)), draw(st.sampled_from(_divisors(h))),
+                                 draw(st.sampled_from(_divisors(b)))), "f32")
+        rng = np.random.default_rng(draw(seeds))
+        m[rng.random(m.shape) < draw(st.sampled_from([0.0, 0.3, 1.0]))] = -np.inf
+        dtype = draw(st.sampled_from(["f16", "f32"]))
+        mask = Src(m.astype(np.float16 if dtype == "f16" else np.float32), dtype)
+    return Case(op, [draw(src((d, nq, h, b), "f32", "rows")), draw(src((d, nk, hk, bk), "f32", "rows")), v, mask],
+                {"scale": draw(st.sampled_from([0.125, 0.5, 1.0]))})
+
+
 @strategy("sam_rel_pos")
 @st.composite
 def _sam_rel_pos(draw, op):

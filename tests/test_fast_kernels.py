@@ -26,7 +26,7 @@ FAST_OPS = sorted(n for n, d in registry.all_ops().items() if d.fast is not None
 BITWISE = {"add", "sub", "mul", "div", "cont", "cont_1d", "cont_2d", "cont_3d", "cont_4d", "dup", "cpy", "concat",
            "repeat", "repeat_4d", "pad", "pad_ext", "im2col", "gelu_erf", "rope_ext", "add_res"}
 BITWISE_GGML = {"gelu", "gelu_quick", "soft_max_ext", "geglu", "geglu_split", "mul_mat", "mul_mat_rows",
-                "sam_rel_attn", "sam_rel_pos"}
+                "sam_rel_attn", "sam_rel_pos", "attn"}
 RTOL = 1e-5
 
 _ran_fast: dict[tuple[str, str], int] = {}
@@ -35,7 +35,7 @@ _ran_fast: dict[tuple[str, str], int] = {}
 def test_fast_ops_found():
     expected = {"mul_mat", "soft_max_ext", "norm", "rms_norm", "gelu", "gelu_erf", "gelu_quick", "silu",
                 "swiglu_split", "add", "mul", "cont", "concat", "rope_ext", "im2col", "sam_rel_attn",
-                "norm_affine", "add_act", "add_res", "mul_mat_rows", "sam_rel_pos"}
+                "norm_affine", "add_act", "add_res", "mul_mat_rows", "sam_rel_pos", "attn"}
     assert expected <= set(FAST_OPS)
 
 
@@ -258,6 +258,32 @@ def test_sam_rel_attn_task_paths(monkeypatch, path, nq, w, hh, heads, batch, str
     assert path == ("head groups" if 1 < g < heads * batch else "dense heads" if blocks >= 3
                     else "query blocks" if blocks > 1 else "other")
     _, used_fast = _check_case("sam_rel_attn", "exact", _sam_case(nq, w, hh, heads, batch, strided))
+    assert used_fast
+
+
+@pytest.mark.parametrize("path,nq,nk,heads,kv_heads,batch", [
+    ("query blocks", 6, 5, 6, 2, 2),  # 30 scores a head: blocks of 3 query rows, 3 query heads a k and v
+    ("head runs", 4, 3, 8, 2, 2),  # 12 scores a head: runs of 2 of the 4 query heads that share a k and v
+    ("head runs", 3, 4, 6, 6, 2),  # no grouped-query attention: runs of 2 heads, each with its own k and v
+])
+def test_attn_task_paths(monkeypatch, path, nq, nk, heads, kv_heads, batch):
+    """With tasks cut to 24 scores, each of the fast kernel's task shapes agrees with the reference, on strided
+    q and k (windows of larger buffers), v transposed and a masked key or two a query."""
+    from strategies import CONTIG, Case, Src, values
+
+    from npggml.ops.fast import attn, sam_attn
+
+    monkeypatch.setattr(attn, "BLOCK_ELEMENTS", 24)
+    monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
+    g, qb = attn.plan(heads // kv_heads if kv_heads < heads else heads, heads * batch, nq, nk)
+    assert path == ("query blocks" if qb < nq else "head runs" if g > 1 else "other")
+    d, win, cols = 5, ("window", 1, 1, 3, 2), ("perm", (1, 0, 2, 3))
+    mask = values(9, (nk, nq + 1, 1, 1), "f32")
+    mask[np.random.default_rng(9).random(mask.shape) < 0.25] = -np.inf
+    srcs = [Src(values(0, (d, nq, heads, batch), "f32"), "f32", win),
+            Src(values(1, (d, nk, kv_heads, batch), "f32"), "f32", win),
+            Src(values(2, (nk, 4, kv_heads, batch), "f32"), "f32", cols), Src(mask, "f32", CONTIG)]
+    _, used_fast = _check_case("attn", "exact", Case("attn", srcs, {"scale": 0.5}))
     assert used_fast
 
 

@@ -152,8 +152,8 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     """One fused attention per SAM layer and view group (tiles, global); per windowed layer (every view here pads
     its windows) one projection moved past the crop, and two products of gathered rows: the qkv product (of the
     padded windows) and that projection (of the unpartitioned, cropped attention output); in v2 also the
-    projector's product of the query tokens' rows (a cropped copy before) per view group. The CLIP/Qwen
-    attention (no rel-pos mask) is left alone."""
+    projector's product of the query tokens' rows (a cropped copy before) per view group. Every CLIP/Qwen
+    attention (no rel-pos mask) becomes one `attn` node."""
     model = load_mmproj(MODELS / gguf)
     enc = Encoder(model, "reference", fuse=False)
     page = enc.build(grid)
@@ -168,14 +168,14 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     # every layer norm has a scale, every GELU of an MLP follows its first layer's bias
     windowed = (n_layers - len(model.hparams.sam_global_layers)) * expected // n_layers
     assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
-        "sam_attention": expected, "rel_pos": expected, "linear_crop": windowed,
+        "sam_attention": expected, "attention": before - expected, "rel_pos": expected, "linear_crop": windowed,
         "linear_rows": 2 * windowed + projector_rows, "norm_affine": n_norms, "bias_act": n_acts}
     # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
     assert report["bias_residual"] >= n_acts
     ops = [n.op for n in graph.nodes]
     assert "norm" not in ops and "rms_norm" not in ops and ops.count("norm_affine") == n_norms
     assert ops.count("sam_rel_attn") == expected
-    assert ops.count("soft_max_ext") == before - expected > 0
+    assert ops.count("attn") == before - expected > 0 and "soft_max_ext" not in ops
     # the qkv products read their layer's normed input, the moved projections the attention output, through row
     # numbers: no pad, no partition / unpartition / crop copy
     assert ops.count("mul_mat_rows") == 2 * windowed + projector_rows and "pad" not in ops
@@ -186,8 +186,12 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
             assert [t.root.op for t in node.srcs[:3]] == ["add"] * 3
             assert [t.op for t in node.srcs[3:]] == ["sam_rel_pos"] * 2
             assert [t.srcs[0].root.op for t in node.srcs[3:]] == ["add"] * 2
-    assert report["copies"] >= 4 * expected and n_conts - ops.count("cont") >= 4 * expected
-    assert fuse_sam_attention(graph) == fuse_norm_affine(graph) == fuse_bias_act(graph) == 0  # nothing left
+        if node.op == "attn":  # v read from the value projection itself, transposed: build_attn's copy is gone
+            assert node.srcs[2].op != "cont" and node.srcs[2].root.op != "cont"
+    n_attn = ops.count("attn")
+    assert report["copies"] >= 4 * expected + n_attn and n_conts - ops.count("cont") >= 4 * expected + n_attn
+    assert fuse_sam_attention(graph) == passes.fuse_attention(graph) == 0  # nothing left
+    assert fuse_norm_affine(graph) == fuse_bias_act(graph) == 0
     assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == passes.fuse_rel_pos(graph) == 0
     assert passes.move_linear_past_crop(graph) == passes.gather_linear_rows(graph) == 0
 
@@ -616,3 +620,63 @@ def test_linear_rows_after_any_row_moves(data):
             assert np.abs(got - v).max() <= 1e-6 * np.abs(v).max()
         else:
             np.testing.assert_array_equal(got, v)
+
+
+def vit_like_attention(D, Nq, Nk, H, Hk, B, masked, seed=0):
+    """build_attn as the ViT graphs call it: q, k, v permuted views of [D, heads, N, B] projections (k and v with
+    Hk heads, shared by H/Hk query heads), a [Nk, Nq] mask (some keys -inf) or none."""
+    ctx = Context()
+    rng = np.random.default_rng(seed)
+    inputs = {}
+
+    def inp(ne, name, lo=-2.0, hi=2.0):
+        t = ctx.input("f32", ne, name)
+        inputs[t] = rng.uniform(lo, hi, ne[::-1]).astype(np.float32)
+        return t
+
+    q, k, v = inp((D, H, Nq, B), "q"), inp((D, Hk, Nk, B), "k"), inp((D, Hk, Nk, B), "v")
+    mask = None
+    if masked:
+        mask = inp((Nk, Nq), "mask")
+        inputs[mask][rng.random((Nq, Nk)) < 0.3] = -np.inf
+        inputs[mask][:, 0] = 0.0
+    out = ClipGraph.build_attn(sam_builder(ctx), None, None, q, k, v, mask, D ** -0.5, 0)
+    return out, inputs
+
+
+@pytest.mark.parametrize("numerics", ["exact", "ggml"])
+@pytest.mark.parametrize("D,Nq,Nk,H,Hk,B,masked", [(8, 5, 5, 4, 4, 2, False), (16, 7, 7, 6, 2, 1, True),
+                                                   (4, 3, 6, 3, 1, 3, True)])
+def test_fused_attention_equals_unfused(numerics, D, Nq, Nk, H, Hk, B, masked):
+    """build_attn's attention becomes one `attn` node named after its layer, which reads v from the projection
+    itself (no transposed copy). Its reference kernel gives the unfused graph's bits, its fast kernel the same
+    values within 1e-5 (bit for bit under ggml numerics)."""
+    out, inputs = vit_like_attention(D, Nq, Nk, H, Hk, B, masked)
+    (ref,) = Interpreter(Graph(out), numerics=numerics, fast=False).run(inputs)
+    report = {}
+    graph = fuse(Graph(out), report=report)
+    assert report["attention"] == 1 and report["sam_attention"] == 0
+    ops = [n.op for n in graph.nodes]
+    assert ops.count("attn") == 1 and {"soft_max_ext", "mul_mat", "cont"}.isdisjoint(ops)
+    (node,) = [n for n in graph.nodes if n.op == "attn"]
+    assert node.name == "attn-0" and node.srcs[2].root.name == "v"
+    (fused_ref,) = Interpreter(graph, numerics=numerics, fast=False).run(inputs)
+    np.testing.assert_array_equal(fused_ref, ref)
+    it = Interpreter(graph, numerics=numerics, fast=True)
+    (fused_fast,) = it.run(inputs)
+    assert it.kernel_used[graph.index[id(node)]] == "fast"
+    if numerics == "ggml":
+        np.testing.assert_array_equal(fused_fast, ref)
+    else:
+        assert np.abs(fused_fast - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_attention_pass_skips_shared_scores_and_alibi():
+    """Scores or probabilities another node reads, or a softmax with an ALiBi bias, stay as they are."""
+    out, _ = vit_like_attention(8, 4, 4, 2, 2, 1, True)
+    sm = next(n for n in Graph(out).nodes if n.op == "soft_max_ext")
+    assert passes.fuse_attention(Graph([out, Context().sum_rows(sm)])) == 0
+    assert passes.fuse_attention(Graph([out, Context().sum_rows(sm.srcs[0])])) == 0
+    out, _ = vit_like_attention(8, 4, 4, 2, 2, 1, True)
+    next(n for n in Graph(out).nodes if n.op == "soft_max_ext").params["max_bias"] = 8.0
+    assert passes.fuse_attention(Graph(out)) == 0

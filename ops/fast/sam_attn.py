@@ -91,7 +91,7 @@ def _bias_rows(out, rel_w, rel_h):
     return rw, rh
 
 
-def _standin(op_name: str, ne: tuple, srcs: tuple, params: dict | None = None) -> Tensor:
+def standin(op_name: str, ne: tuple, srcs: tuple, params: dict | None = None) -> Tensor:
     """A packed F32 node of the replaced sub-graph, for the reference kernels that look at their node."""
     ne = tuple(int(x) for x in ne)
     return Tensor(dtype="f32", ne=ne, nb=packed_nb("f32", ne), op=op_name, srcs=srcs, params=params or {})
@@ -109,16 +109,16 @@ def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
     def ref(name, node, *args, **params):
         return np.asarray(registry.get(name).ref(node, *args, **params)).astype(F32, copy=False)
 
-    kq_t = _standin("mul_mat", (Nk, Nq, H, B), (k_t, q_t))
+    kq_t = standin("mul_mat", (Nk, Nq, H, B), (k_t, q_t))
     kq = ref("mul_mat", kq_t, k, q)
-    rep_t = _standin("repeat_4d", (W, Hh, Nq, H * B), (rw_t,), {"ne0": W, "ne1": Hh, "ne2": Nq, "ne3": H * B})
+    rep_t = standin("repeat_4d", (W, Hh, Nq, H * B), (rw_t,), {"ne0": W, "ne1": Hh, "ne2": Nq, "ne3": H * B})
     rep = ref("repeat_4d", rep_t, rel_w, **rep_t.params)
-    add_t = _standin("add", rep_t.ne, (rep_t, rh_t))
+    add_t = standin("add", rep_t.ne, (rep_t, rh_t))
     mask = ref("add", add_t, rep, rel_h).reshape(B, H, Nq, Nk)
-    mask_t = _standin("reshape_4d", (Nk, Nq, H, B), (add_t,))
-    sm_t = _standin("soft_max_ext", kq_t.ne, (kq_t, mask_t), {"scale": scale, "max_bias": 0.0})
+    mask_t = standin("reshape_4d", (Nk, Nq, H, B), (add_t,))
+    sm_t = standin("soft_max_ext", kq_t.ne, (kq_t, mask_t), {"scale": scale, "max_bias": 0.0})
     sm = ref("soft_max_ext", sm_t, kq, mask, scale, 0.0)
-    return ref("mul_mat", _standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
+    return ref("mul_mat", standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
 
 
 # The reference-mode passes may contract a*b + c into an fma (the exp polynomial runs ~30 % faster); both form
@@ -241,7 +241,7 @@ def _settle_sums(sT, acc, inv):
 
 
 @serial
-def _normalise(R, acc, res):
+def normalise_queries(R, acc, res):
     """res[j, c, :] = R[j, c, :] * float(1/sum) per query c: the rows of the product with v are normalised after
     the product instead of before."""
     for j in range(R.shape[0]):
@@ -281,9 +281,9 @@ def _ggml_heads(out, q, k, v, rw, rh, scale, res) -> None:
     and ggml's soft_max as soft_max_ext's fast kernel computes them. Holds one head's scores."""
     q_t, k_t, v_t, _, _ = out.srcs
     Nq, Nk = q_t.ne[1], k_t.ne[1]
-    kq_t = _standin("mul_mat", (Nk, Nq, 1, 1), (k_t, q_t))
-    sm_t = _standin("soft_max_ext", (Nk, Nq, 1, 1), (kq_t, None))
-    kqv_t = _standin("mul_mat", (out.ne[0], Nq, 1, 1), (v_t, sm_t))
+    kq_t = standin("mul_mat", (Nk, Nq, 1, 1), (k_t, q_t))
+    sm_t = standin("soft_max_ext", (Nk, Nq, 1, 1), (kq_t, None))
+    kqv_t = standin("mul_mat", (out.ne[0], Nq, 1, 1), (v_t, sm_t))
     w = np.empty((1, 1, Nq, Nk), F32)
     for b, h in np.ndindex(*q.shape[:2]):
         _mul_mat(kq_t, k[b, h][None, None], q[b, h][None, None], w)
@@ -378,7 +378,7 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
             R = r_buf[: m * n * D].reshape(m, n, D)
             # query-major, S^T v^T (the module docstring says why)
             np.matmul(S.transpose(0, 2, 1), vv.transpose(0, 2, 1), out=R)
-            _normalise(R, acc, dst[b, h0:h1, i0:i1])
+            normalise_queries(R, acc, dst[b, h0:h1, i0:i1])
 
     _blas.run_split(work, len(tasks))
 
@@ -436,8 +436,8 @@ def _sam_rel_pos(out, q, tab, idx, width, axis):
     T = _pos_table(tab, idx)[None]  # (1, S, S, D): one picked table per query position
     grid = np.asarray(q, F32).reshape(B * H, N // width, width, D)  # (B*H, row, column, D)
     x = np.ascontiguousarray(grid.transpose(0, 2, 1, 3) if axis == 0 else grid)  # position axis second
-    mm_t = _standin("mul_mat", (S, *x.shape[-2::-1]), (_standin("get_rows", (D, S, S, 1), ()),
-                                                       _standin("cont", x.shape[::-1], ())))
+    mm_t = standin("mul_mat", (S, *x.shape[-2::-1]), (standin("get_rows", (D, S, S, 1), ()),
+                                                       standin("cont", x.shape[::-1], ())))
     res = np.asarray(registry.get("mul_mat").ref(mm_t, T, x), F32)
     if axis == 0:
         res = res.transpose(0, 2, 1, 3)  # back to (B*H, row, column, S)
