@@ -50,13 +50,13 @@ from __future__ import annotations
 import numpy as np
 
 from npggml.graph.context import Context
-from npggml.graph.fuse_sam import fuse_rel_pos, fuse_sam_attention, fused_name
+from npggml.graph.fuse_sam import fuse_rel_pos, fuse_sam_attention, rewrite_attentions
 from npggml.graph.graph import Graph, only_user, sole_user
 from npggml.graph.interp import Interpreter
 from npggml.graph.tensor import Tensor
 from npggml.ops import registry
 from npggml.ops.elementwise import BIAS_ACTS
-from npggml.ops.registry import RuleError, is_row
+from npggml.ops.registry import is_row
 
 
 def match_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | None:
@@ -75,26 +75,8 @@ def match_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | None
 
 
 def fuse_attention(graph: Graph) -> int:
-    """Rewrite every attention `match_attention` finds into `attn` (when the op takes those operands as they are);
-    returns the number rewritten."""
-    d = registry.get("attn")
-    users = graph.consumers()
-    n = 0
-    for node in list(graph.nodes):
-        m = match_attention(node, users)
-        if m is None:
-            continue
-        srcs, params = m
-        try:
-            res = d.rule(*srcs, **params)
-        except RuleError:  # operands the fused op does not take (a transposed k, a quantised v, ...)
-            continue
-        if tuple(res.ne) != node.ne or res.dtype != node.dtype:
-            continue
-        node.name = fused_name(node, users, n, "attn")
-        node.op, node.srcs, node.params = d.name, srcs, params
-        n += 1
-    return n
+    """Rewrite every attention `match_attention` finds into `attn`; returns the number rewritten."""
+    return rewrite_attentions(graph, "attn", match_attention)
 
 
 def fuse_norm_affine(graph: Graph) -> int:

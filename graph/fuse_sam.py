@@ -10,6 +10,7 @@ from npggml.graph.context import Context
 from npggml.graph.graph import Graph, only_user
 from npggml.graph.tensor import Tensor
 from npggml.ops import registry
+from npggml.ops.registry import RuleError
 
 
 def fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int, op: str = "sam_rel_attn") -> str:
@@ -59,23 +60,33 @@ def match_sam_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | 
     return (q, k, v, rel_w, rel_h), {"scale": sm.params["scale"]}
 
 
-def fuse_sam_attention(graph: Graph) -> int:
-    """Rewrite every SAM rel-pos attention in `graph` into `sam_rel_attn`; returns the number rewritten."""
-    d = registry.get("sam_rel_attn")
+def rewrite_attentions(graph: Graph, op_name: str, match) -> int:
+    """Rewrite every node for which `match(node, users)` gives (sources, params) into the fused op `op_name`, named
+    `<op_name>-<il>` (`fused_name`), where the op's shape rule takes those sources and gives the node's shape and
+    type; returns the number rewritten."""
+    d = registry.get(op_name)
     users = graph.consumers()
     n = 0
     for node in list(graph.nodes):
-        m = match_sam_attention(node, users)
+        m = match(node, users)
         if m is None:
             continue
         srcs, params = m
-        res = d.rule(*srcs, **params)
+        try:
+            res = d.rule(*srcs, **params)
+        except RuleError:  # operands the fused op does not take (a transposed k, a quantised v, ...)
+            continue
         if tuple(res.ne) != node.ne or res.dtype != node.dtype:
             continue
-        node.name = fused_name(node, users, n)
+        node.name = fused_name(node, users, n, op_name)
         node.op, node.srcs, node.params = d.name, srcs, params
         n += 1
     return n
+
+
+def fuse_sam_attention(graph: Graph) -> int:
+    """Rewrite every SAM rel-pos attention in `graph` into `sam_rel_attn`; returns the number rewritten."""
+    return rewrite_attentions(graph, "sam_rel_attn", match_sam_attention)
 
 
 SWAP12 = (0, 2, 1, 3)  # the permute that swaps dims 1 and 2

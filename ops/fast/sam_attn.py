@@ -437,7 +437,7 @@ def _sam_rel_pos(out, q, tab, idx, width, axis):
     grid = np.asarray(q, F32).reshape(B * H, N // width, width, D)  # (B*H, row, column, D)
     x = np.ascontiguousarray(grid.transpose(0, 2, 1, 3) if axis == 0 else grid)  # position axis second
     mm_t = standin("mul_mat", (S, *x.shape[-2::-1]), (standin("get_rows", (D, S, S, 1), ()),
-                                                       standin("cont", x.shape[::-1], ())))
+                                                      standin("cont", x.shape[::-1], ())))
     res = np.asarray(registry.get("mul_mat").ref(mm_t, T, x), F32)
     if axis == 0:
         res = res.transpose(0, 2, 1, 3)  # back to (B*H, row, column, S)
