@@ -273,8 +273,7 @@ def test_attn_task_paths(monkeypatch, path, nq, nk, heads, kv_heads, batch):
 
     from npggml.ops.fast import attn, sam_attn
 
-    monkeypatch.setattr(attn, "BLOCK_ELEMENTS", 24)
-    monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
+    monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)  # attn's tasks are cut by sam_attn's plan
     g, qb = attn.plan(heads // kv_heads if kv_heads < heads else heads, heads * batch, nq, nk)
     assert path == ("query blocks" if qb < nq else "head runs" if g > 1 else "other")
     d, win, cols = 5, ("window", 1, 1, 3, 2), ("perm", (1, 0, 2, 3))

@@ -31,10 +31,10 @@ import threading
 import numpy as np
 
 from npggml.graph.tensor import Tensor
-from npggml.ops import registry
 from npggml.ops.fast import _blas
 from npggml.ops.fast._common import F32, F64, exp32_lean, is_f32, serial
-from npggml.ops.fast.sam_attn import BLOCK_ELEMENTS, NEG_INF, blocks, normalise_queries, serial_fma, standin
+from npggml.ops.fast.sam_attn import NEG_INF, kernel_value, normalise_queries, ref_value, serial_fma, standin
+from npggml.ops.fast.sam_attn import plan as sam_plan
 from npggml.ops.registry import Out, ggml_numerics, op, require
 
 
@@ -75,21 +75,7 @@ def _replaced(out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _attn(out, q, k, v, mask, scale):
     """The replaced nodes' own reference kernels, in graph order (it holds the whole score tensor)."""
     kq_t, sm_t, kqv_t = _replaced(out)
-
-    def ref(node, *args, **params):
-        return np.asarray(registry.get(node.op).ref(node, *args, **params)).astype(F32, copy=False)
-
-    kq = ref(kq_t, k, q)
-    return ref(kqv_t, v, ref(sm_t, kq, mask, scale, 0.0))
-
-
-def _kernel(node: Tensor, *args, dst: np.ndarray | None = None, **params) -> np.ndarray:
-    """The value of the stand-in `node` in dst (default: a new buffer): its fast kernel, else its reference."""
-    d = registry.get(node.op)
-    dst = np.empty(node.ne[::-1], F32) if dst is None else dst
-    if d.fast is None or d.fast(dst, node, *args, **params) is NotImplemented:
-        dst[...] = np.asarray(d.ref(node, *args, **params), F32)
-    return dst
+    return ref_value(kqv_t, v, ref_value(sm_t, ref_value(kq_t, k, q), mask, scale, 0.0))
 
 
 @serial_fma
@@ -130,14 +116,10 @@ TASKS_PER_THREAD = 4
 
 
 def plan(group: int, n_heads: int, nq: int, nk: int) -> tuple[int, int]:
-    """(heads, query rows) per task: heads whose scores fit in a block go together, at most the `group` that share
-    one k and v (all of them without grouped-query attention) and few enough to make ~4 tasks a thread of the
-    `n_heads` heads of all batch entries (v2's global view, 14 heads: 7.8 ms a layer, 8.9 with a task a thread);
-    a larger head goes alone, in blocks of query rows."""
-    if nq * nk <= BLOCK_ELEMENTS:
-        few = -(-n_heads // (TASKS_PER_THREAD * _blas.workers()))
-        return max(1, min(group, BLOCK_ELEMENTS // max(nq * nk, 1), few)), nq
-    return 1, blocks(nq, nk)
+    """`sam_attn.plan` with at most the `group` heads that share one k and v (all of them without grouped-query
+    attention) and few enough to make ~4 tasks a thread of the `n_heads` heads of all batch entries (v2's global
+    view, 14 heads: 7.8 ms a layer, 8.9 with a task a thread)."""
+    return sam_plan(min(group, -(-n_heads // (TASKS_PER_THREAD * _blas.workers()))), nq, nk)
 
 
 def head_runs(n_heads: int, span: int, g: int) -> list[tuple[int, int]]:
@@ -177,8 +159,8 @@ def attn_fast(dst, out, q, k, v, mask, scale):
         return NotImplemented
     if ggml_numerics():
         kq_t, sm_t, kqv_t = _replaced(out)
-        kq = _kernel(kq_t, k, q)  # the softmax overwrites the scores, as in the graph
-        _kernel(kqv_t, v, _kernel(sm_t, kq, mask, scale, 0.0, dst=kq), dst=dst)
+        kq = kernel_value(kq_t, k, q)  # the softmax overwrites the scores, as in the graph
+        kernel_value(kqv_t, v, kernel_value(sm_t, kq, mask, scale, 0.0, dst=kq), dst=dst)
         return None
     B, H, Nq, _ = q.shape
     Bk, Hk, Nk, _ = k.shape

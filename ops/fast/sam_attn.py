@@ -97,6 +97,21 @@ def standin(op_name: str, ne: tuple, srcs: tuple, params: dict | None = None) ->
     return Tensor(dtype="f32", ne=ne, nb=packed_nb("f32", ne), op=op_name, srcs=srcs, params=params or {})
 
 
+def ref_value(node: Tensor, *args, **params) -> np.ndarray:
+    """The value of the stand-in `node` by its op's reference kernel, as F32."""
+    return np.asarray(registry.get(node.op).ref(node, *args, **params)).astype(F32, copy=False)
+
+
+def kernel_value(node: Tensor, *args, dst: np.ndarray | None = None, **params) -> np.ndarray:
+    """The value of the stand-in `node` in dst (default: a new buffer): its op's fast kernel, else its
+    reference kernel."""
+    d = registry.get(node.op)
+    dst = np.empty(node.ne[::-1], F32) if dst is None else dst
+    if d.fast is None or d.fast(dst, node, *args, **params) is NotImplemented:
+        dst[...] = ref_value(node, *args, **params)
+    return dst
+
+
 @sam_rel_attn.kernel
 def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
     """The replaced nodes' own reference kernels, in graph order, on stand-ins of the replaced nodes: the value
@@ -106,19 +121,16 @@ def _sam_rel_attn(out, q, k, v, rel_w, rel_h, scale):
     W, Hh = rw_t.ne[0], rh_t.ne[1]
     Nk = k_t.ne[1]
 
-    def ref(name, node, *args, **params):
-        return np.asarray(registry.get(name).ref(node, *args, **params)).astype(F32, copy=False)
-
     kq_t = standin("mul_mat", (Nk, Nq, H, B), (k_t, q_t))
-    kq = ref("mul_mat", kq_t, k, q)
+    kq = ref_value(kq_t, k, q)
     rep_t = standin("repeat_4d", (W, Hh, Nq, H * B), (rw_t,), {"ne0": W, "ne1": Hh, "ne2": Nq, "ne3": H * B})
-    rep = ref("repeat_4d", rep_t, rel_w, **rep_t.params)
+    rep = ref_value(rep_t, rel_w, **rep_t.params)
     add_t = standin("add", rep_t.ne, (rep_t, rh_t))
-    mask = ref("add", add_t, rep, rel_h).reshape(B, H, Nq, Nk)
+    mask = ref_value(add_t, rep, rel_h).reshape(B, H, Nq, Nk)
     mask_t = standin("reshape_4d", (Nk, Nq, H, B), (add_t,))
     sm_t = standin("soft_max_ext", kq_t.ne, (kq_t, mask_t), {"scale": scale, "max_bias": 0.0})
-    sm = ref("soft_max_ext", sm_t, kq, mask, scale, 0.0)
-    return ref("mul_mat", standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
+    sm = ref_value(sm_t, kq, mask, scale, 0.0)
+    return ref_value(standin("mul_mat", out.ne, (v_t, sm_t)), v, sm)
 
 
 # The reference-mode passes may contract a*b + c into an fma (the exp polynomial runs ~30 % faster); both form
@@ -251,14 +263,6 @@ def normalise_queries(R, acc, res):
                 res[j, c, d] = R[j, c, d] * inv
 
 
-def _mul_mat(node: Tensor, a: np.ndarray, b: np.ndarray, dst: np.ndarray) -> None:
-    """dst = the value of the mul_mat `node` (a stand-in) for operands a, b: its fast kernel, else its
-    reference kernel (4-D arrays)."""
-    d = registry.get("mul_mat")
-    if d.fast is None or d.fast(dst, node, a, b) is NotImplemented:
-        dst[...] = np.asarray(d.ref(node, a, b), F32)
-
-
 @kernel
 def _bias_softmax_ggml(w, rw, rh, scale):
     """Each query row of w in place: w[q, kh*W + kw] * scale + (rel_w[q, kw] + rel_h[q, kh]) (soft_max_ext's
@@ -286,9 +290,9 @@ def _ggml_heads(out, q, k, v, rw, rh, scale, res) -> None:
     kqv_t = standin("mul_mat", (out.ne[0], Nq, 1, 1), (v_t, sm_t))
     w = np.empty((1, 1, Nq, Nk), F32)
     for b, h in np.ndindex(*q.shape[:2]):
-        _mul_mat(kq_t, k[b, h][None, None], q[b, h][None, None], w)
+        kernel_value(kq_t, k[b, h][None, None], q[b, h][None, None], dst=w)
         _bias_softmax_ggml(w[0, 0], rw[b, h], rh[b, h], scale)
-        _mul_mat(kqv_t, v[b, h][None, None], w, res[b, h][None, None])
+        kernel_value(kqv_t, v[b, h][None, None], w, dst=res[b, h][None, None])
 
 
 def dense(x: np.ndarray) -> np.ndarray:
@@ -438,7 +442,7 @@ def _sam_rel_pos(out, q, tab, idx, width, axis):
     x = np.ascontiguousarray(grid.transpose(0, 2, 1, 3) if axis == 0 else grid)  # position axis second
     mm_t = standin("mul_mat", (S, *x.shape[-2::-1]), (standin("get_rows", (D, S, S, 1), ()),
                                                       standin("cont", x.shape[::-1], ())))
-    res = np.asarray(registry.get("mul_mat").ref(mm_t, T, x), F32)
+    res = ref_value(mm_t, T, x)
     if axis == 0:
         res = res.transpose(0, 2, 1, 3)  # back to (B*H, row, column, S)
     return res.reshape(out.shape)
