@@ -1,4 +1,4 @@
-"""The thread count of the OpenBLAS that NumPy links (through its C API, found in NumPy's bundled libraries).
+"""The thread count and kernel family of the OpenBLAS that NumPy links (its C API, in NumPy's bundled libraries).
 
 Its results are not independent of how a product is cut: on some builds (seen with 0.3.31's Haswell/Zen kernels)
 the same row of `x @ y` differs in the last bits with the number of rows, the split of the columns, or the number
@@ -17,11 +17,12 @@ import numpy as np
 
 _set = None
 _get = None
+_corename = None
 _loaded = False
 
 
 def _load() -> None:
-    global _set, _get, _loaded
+    global _set, _get, _corename, _loaded
     if _loaded:
         return
     _loaded = True
@@ -41,12 +42,21 @@ def _load() -> None:
                 s.argtypes, s.restype = [ctypes.c_int], None
                 g.argtypes, g.restype = [], ctypes.c_int
                 _set, _get = s, g
+                _corename = getattr(lib, f"{prefix}_get_corename{suffix}", None)
+                if _corename is not None:
+                    _corename.argtypes, _corename.restype = [], ctypes.c_char_p
                 return
 
 
 def get_threads() -> int | None:
     _load()
     return _get() if _get else None
+
+
+def corename() -> str | None:
+    """The kernels OpenBLAS chose when it loaded ("SkylakeX", "Zen", ...; see `npggml.tools.blas_core`)."""
+    _load()
+    return _corename().decode() if _corename else None
 
 
 def set_threads(n: int) -> None:

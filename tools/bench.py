@@ -3,10 +3,11 @@
 Reports Numba compile time (compile events during a warm-up encode; a second process loads the kernels from the
 on-disk cache and reports about 0 with no cache misses), the median encode time over `--repeat` runs, the sgemm
 rate measured just before each of them (4096^3 float32 `np.matmul`, best of 3, NumPy's own BLAS threading; the
-median is the run's `sgemm_gflops`: on a shared host the machine's speed drifts within minutes), the graph's FLOPs
-(from the ops' `flops` functions), the achieved rate and its ratio to that sgemm rate, the sgemm floor (the time
-the FLOPs would take at that rate), a per-op breakdown of the last run (with each op type's seconds over its own
-floor: where the encode loses its time against the sgemm) and the peak RSS.
+median is the run's `sgemm_gflops`: on a shared host the machine's speed drifts within minutes; OpenBLAS's kernel
+family is `blas_core`, see `npggml.tools.blas_core`), the graph's FLOPs (from the ops' `flops` functions), the
+achieved rate and its ratio to that sgemm rate, the sgemm floor (the time the FLOPs would take at that rate), a
+per-op breakdown of the last run (with each op type's seconds over its own floor: where the encode loses its time
+against the sgemm) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from npggml.errors import NpggmlError
 from npggml.ops.malloc import retained
+from npggml.ops.openblas import corename
 from npggml.tools.encode import add_model_args, open_encoder
 
 
@@ -156,6 +158,7 @@ def run(args) -> int:
         "threads": {"numba": numba.get_num_threads(), "numba_layer": numba.threading_layer(),
                     "blas_default": _blas._default_threads or _blas.get_threads()},
         "malloc_retained": retained(),
+        "blas_core": corename(),
         "sgemm_gflops": round(sgemm, 2),
         "sgemm_runs": [round(g, 2) for g in sgemms],
         "compile_seconds": round(compile_s, 3),
@@ -178,7 +181,8 @@ def run(args) -> int:
         return 0
     grid = "x".join(map(str, views.grid)) if views.grid else "none"
     print(f"{args.image} ({args.mode}, grid {grid}, {report['n_nodes']} nodes, fast={enc.fast}, fuse={enc.fuse})")
-    print(f"sgemm 4096^3      {sgemm:8.1f} GFLOP/s  (median; before each run {report['sgemm_runs']})")
+    print(f"sgemm 4096^3      {sgemm:8.1f} GFLOP/s  (median; before each run {report['sgemm_runs']}; OpenBLAS "
+          f"{report['blas_core'] or '?'} kernels)")
     print(f"numba compile     {compile_s:8.2f} s  (warm-up encode {warmup:.2f} s; cache hits "
           f"{report['numba_cache']['cache_hits']}, misses {report['numba_cache']['cache_misses']})")
     print(f"encode (median)   {seconds:8.3f} s  over {args.repeat} runs {report['encode_runs']}")
