@@ -3,8 +3,8 @@
 NumPy's OpenBLAS carries kernels for many CPUs and picks one set when it loads, from the CPU's vendor, family and
 features, unless the environment variable OPENBLAS_CORETYPE names one. On AMD Zen 4 (family 0x19 with AVX-512)
 0.3.31 picks its Skylake-X kernels (AVX-512). Zen 4 executes a 512-bit FMA as two 256-bit halves, and there
-OpenBLAS's Haswell kernels (AVX2; also what 0.3.31 runs for OPENBLAS_CORETYPE=Zen) ran every product shape of the
-encoders 3-8 % faster on one thread and the 4096^3 sgemm ~8 % faster on two; whole encodes took ~7 % less time
+OpenBLAS's Haswell kernels (AVX2; also what 0.3.31 runs for OPENBLAS_CORETYPE=Zen) ran the product shapes of the
+encoders 0-8 % faster on one thread and the 4096^3 sgemm ~7 % faster on two; whole encodes took 1-5 % less time
 (BENCHMARKS.md, session 22).
 
 So the CLI calls `choose_kernels` before anything imports NumPy: on a Zen 4 it sets OPENBLAS_CORETYPE=Haswell
