@@ -17,7 +17,7 @@ def test_bench_json(capsys):
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("encode_seconds", "flops", "gflops", "sgemm_gflops", "sgemm_ratio", "compile_seconds",
-                "peak_rss_bytes", "per_op", "numba_cache", "malloc_retained"):
+                "peak_rss_bytes", "per_op", "numba_cache", "malloc_retained", "blas_core"):
         assert key in r, key
     assert r["malloc_retained"] is (platform.libc_ver()[0] == "glibc")  # the CLI's default --malloc retain
     assert r["sgemm_gflops"] > 0 and r["encode_seconds"] > 0 and r["peak_rss_bytes"] > 0

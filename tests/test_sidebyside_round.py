@@ -65,6 +65,7 @@ def test_round_table_and_order(fakes, tmp_path, capsys):
     for r in results:
         assert r["llama.cpp"]["seconds"] == 8.0 and r["pytorch"]["seconds"] == 3.0
         assert r["npggml"]["seconds"] > 0 and r["npggml"]["sgemm_gflops"] > 0
+        assert "blas_core" in r["npggml"]  # which OpenBLAS kernels npggml's products ran on
     rows = [line for line in out.splitlines() if line.startswith("| v1-global")]
     assert [row.split("|")[2].strip() for row in rows] == ["1", "2", "median"]
     npg = results[0]["npggml"]["seconds"]

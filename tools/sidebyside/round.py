@@ -33,7 +33,7 @@ PROGRAMS = ("npggml", "llama.cpp", "pytorch")
 RESULT = re.compile(r"^RESULT .*\bmedian_ms=(-?[0-9.]+)", re.M)
 # the JSON keys each program's report must hold -> the names they go by in a round's results
 NPGGML_KEYS = {"encode_seconds": "seconds", "encode_runs": "runs", "sgemm_gflops": "sgemm_gflops",
-               "sgemm_ratio": "sgemm_ratio", "peak_rss_bytes": "peak_rss_bytes"}
+               "sgemm_ratio": "sgemm_ratio", "peak_rss_bytes": "peak_rss_bytes", "blas_core": "blas_core"}
 TORCH_KEYS = {"median_seconds": "seconds", "seconds": "runs"}
 
 
