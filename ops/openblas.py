@@ -54,7 +54,7 @@ def get_threads() -> int | None:
 
 
 def corename() -> str | None:
-    """The kernels OpenBLAS chose when it loaded ("SkylakeX", "Haswell", ...; see `npggml.tools.blas_core`)."""
+    """The kernels OpenBLAS chose when it loaded ("SkylakeX", "Haswell", ...; `OPENBLAS_CORETYPE` sets it)."""
     _load()
     return _corename().decode() if _corename else None
 

@@ -3,8 +3,7 @@
 The console entry point. Each subcommand lives in its own module under `npggml.tools` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 User errors (`NpggmlError`) become one line on stderr and exit status 2. A reader that stops early
-(`npggml graph ... | head`) ends the command quietly with status 141, as if SIGPIPE had killed it. On an AMD Zen 4
-it asks NumPy's OpenBLAS for its Zen kernels, before NumPy is imported (`npggml.tools.blas_core`).
+(`npggml graph ... | head`) ends the command quietly with status 141, as if SIGPIPE had killed it.
 """
 
 from __future__ import annotations
@@ -14,13 +13,8 @@ import importlib
 import os
 import sys
 
-from npggml.tools.blas_core import choose_kernels
-
-choose_kernels()  # before NumPy loads OpenBLAS (npggml.tools.blas_core)
-
-# isort: split
-from npggml.errors import NpggmlError  # noqa: E402
-from npggml.ops.malloc import retain_freed_memory  # noqa: E402
+from npggml.errors import NpggmlError
+from npggml.ops.malloc import retain_freed_memory
 
 SUBCOMMANDS = ["encode", "inspect", "make_gguf", "graph", "trace", "compare", "bench"]
 
