@@ -4,10 +4,10 @@ Reports Numba compile time (compile events during a warm-up encode; a second pro
 on-disk cache and reports about 0 with no cache misses), the median encode time over `--repeat` runs, the sgemm
 rate measured just before each of them (4096^3 float32 `np.matmul`, best of 3, NumPy's own BLAS threading; the
 median is the run's `sgemm_gflops`: on a shared host the machine's speed drifts within minutes; OpenBLAS's kernel
-family is `blas_core`), the graph's FLOPs (from the ops' `flops` functions), the
-achieved rate and its ratio to that sgemm rate, the sgemm floor (the time the FLOPs would take at that rate), a
-per-op breakdown of the last run (with each op type's seconds over its own floor: where the encode loses its time
-against the sgemm) and the peak RSS.
+family is `blas_core`), the graph's FLOPs (from the ops' `flops` functions), the achieved rate and its ratio to
+that sgemm rate, the sgemm floor (the time the FLOPs would take at that rate), a per-op breakdown of the last run
+(with each op type's seconds over its own floor: where the encode loses its time against the sgemm) and the peak
+RSS.
 """
 
 from __future__ import annotations
