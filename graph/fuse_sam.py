@@ -13,7 +13,7 @@ from npggml.ops import registry
 from npggml.ops.registry import RuleError
 
 
-def fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int, op: str = "sam_rel_attn") -> str:
+def fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int, op: str) -> str:
     """`<op>-<il>` with the layer taken from the `kqv_out-<il>` node downstream, if there is one."""
     frontier = [kqv]
     for _ in range(3):
