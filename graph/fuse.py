@@ -5,7 +5,7 @@ place (the node whose value the sub-graph produced becomes the fused node, so co
 untouched), and the nodes only the sub-graph used drop out of the new graph. Each pass returns how many
 patterns it replaced; `fuse(..., report=dict)` collects the counts.
 
-Passes (the two SAM attention ones live in `npggml.graph.fuse_sam`):
+Passes (the three SAM attention ones live in `npggml.graph.fuse_sam`):
 - `fuse_sam_attention`: SAM attention with decomposed relative positions,
   `mul_mat(v, soft_max_ext(mul_mat(k, q), reshape_4d(add(repeat_4d(rel_w), rel_h)), scale))`
   -> `sam_rel_attn(q, k, v, rel_w, rel_h, scale)` (see `npggml.ops.fast.sam_attn`).
@@ -30,6 +30,12 @@ Passes (the two SAM attention ones live in `npggml.graph.fuse_sam`):
   With the reference kernels and under ggml numerics the gathered operand is the unfused one, bit for bit; the
   fast reference-mode kernel multiplies the rows packed, which rounds differently (BLAS, as above): `same_bits`
   skips it.
+- `fuse_attention_rows` (`npggml.graph.fuse_sam`): a product of picked rows `mul_mat_rows(w, b, rows)` whose
+  operand b is the token rows of a `sam_rel_attn` (its output with each token's heads side by side, as the moved
+  projection reads it after `gather_linear_rows`) -> `mul_mat(w, sam_rel_attn_rows(q, k, v, rel_w, rel_h, rows))`:
+  the attention gives the picked rows itself, and its fast kernel computes only the queries that are kept (SAM's
+  windowed layers no longer attend from the windows' padding: 9-26 % of their queries). Its reference kernel
+  gathers the rows of the whole attention's reference value: the operand the product had, bit for bit.
 - `fuse_norm_affine`: a layer norm's scale and shift, `add(mul(norm(a), w), b)` (or `rms_norm`, or no add) with
   w and b one row each -> `norm_affine(a, w, b, eps, rms)`: one pass over the rows instead of three. The fused
   node keeps the name of the node it replaces (`norm_b-3`, `ffn_inp_normed-3`): the same value, bit for bit.
@@ -38,11 +44,11 @@ Passes (the two SAM attention ones live in `npggml.graph.fuse_sam`):
 - `fuse_bias_residual`: a linear layer's bias and the residual add after it, `add(add(x, b), y)` (either order of
   the outer add) with b one row and y of x's shape -> `add_res(x, b, y)`, named as the residual add
   (`sam_layer_out-3`): one pass instead of two.
-- `elide_copies`: an operand of `sam_rel_attn`, `attn`, `sam_rel_pos` or `cont` that is a copy (`cont`), or a
-  reshape / permute / view of one, re-read as one strided view of the tensor the copy was taken from, when that is
-  possible: SAM's q, k and v then read the qkv product itself, and their four copies a layer (q, k, v, v
-  transposed) drop out, and so does `build_attn`'s copy of v transposed. The reading node gets the same values,
-  bit for bit; only where it reads them from changes.
+- `elide_copies`: an operand of `sam_rel_attn(_rows)`, `attn`, `sam_rel_pos` or `cont` that is a copy (`cont`), or
+  a reshape / permute / view of one, re-read as one strided view of the tensor the copy was taken from, when that
+  is possible: SAM's q, k and v then read the qkv product itself, and their four copies a layer (q, k, v, v
+  transposed) drop out, and so does `build_attn`'s copy of v transposed. The reading node gets the same values, bit
+  for bit; only where it reads them from changes.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from __future__ import annotations
 import numpy as np
 
 from npggml.graph.context import Context
-from npggml.graph.fuse_sam import fuse_rel_pos, fuse_sam_attention, rewrite_attentions
+from npggml.graph.fuse_sam import fuse_attention_rows, fuse_rel_pos, fuse_sam_attention, rewrite_attentions
 from npggml.graph.graph import Graph, only_user, sole_user
 from npggml.graph.interp import Interpreter
 from npggml.graph.tensor import Tensor
@@ -353,7 +359,8 @@ def view_of(layout: Layout, name: str) -> Tensor | None:
 
 
 # which sources of which ops may be any strided view (their kernels take strided operands)
-STRIDED_READERS = {"sam_rel_attn": (0, 1, 2), "attn": (0, 1, 2), "sam_rel_pos": (0,), "cont": (0,)}
+STRIDED_READERS = {"sam_rel_attn": (0, 1, 2), "sam_rel_attn_rows": (0, 1, 2), "attn": (0, 1, 2),
+                   "sam_rel_pos": (0,), "cont": (0,)}
 
 
 def _reads_a_copy(t: Tensor) -> bool:
@@ -387,8 +394,8 @@ def elide_copies(graph: Graph) -> int:
 
 PASSES = {"sam_attention": fuse_sam_attention, "attention": fuse_attention, "rel_pos": fuse_rel_pos,
           "linear_crop": move_linear_past_crop, "linear_rows": gather_linear_rows,
-          "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act, "bias_residual": fuse_bias_residual,
-          "copies": elide_copies}
+          "attention_rows": fuse_attention_rows, "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act,
+          "bias_residual": fuse_bias_residual, "copies": elide_copies}
 # passes whose graph gives the unfused graph's values to float rounding, not bit for bit
 REROUNDING = frozenset({"linear_crop", "linear_rows"})
 

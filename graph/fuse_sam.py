@@ -1,11 +1,13 @@
 """The SAM attention passes of `npggml.graph.fuse`: the rel-pos attention sub-graph -> `sam_rel_attn`
-(`fuse_sam_attention`), and its two rel-pos factors -> `sam_rel_pos` nodes (`fuse_rel_pos`). `npggml.graph.fuse`
-runs them with the other passes and describes them all."""
+(`fuse_sam_attention`), its two rel-pos factors -> `sam_rel_pos` nodes (`fuse_rel_pos`), and an attention whose
+token rows a product picks -> `sam_rel_attn_rows` (`fuse_attention_rows`). `npggml.graph.fuse` runs them with the
+other passes and describes them all."""
 
 from __future__ import annotations
 
 import re
 
+from npggml.errors import ShapeError
 from npggml.graph.context import Context
 from npggml.graph.graph import Graph, only_user
 from npggml.graph.tensor import Tensor
@@ -169,5 +171,40 @@ def fuse_rel_pos(graph: Graph) -> int:
         if rel_w.ne != attn.srcs[3].ne or rel_h.ne != attn.srcs[4].ne:
             continue
         attn.srcs = (*attn.srcs[:3], rel_w, rel_h)
+        n += 1
+    return n
+
+
+CONTS = frozenset({"cont", *(f"cont_{n}d" for n in range(1, 5))})
+
+
+def fuse_attention_rows(graph: Graph) -> int:
+    """Rewrite every product `mul_mat_rows(w, b, rows)` whose operand b is the token rows of a `sam_rel_attn` (b a
+    copy of `permute(attn, 0, 2, 1, 3)`, rows of its D*H floats, read by nothing else) and whose row numbers are a
+    constant without -1 into `mul_mat(w, sam_rel_attn_rows(q, k, v, rel_w, rel_h, rows))`, named
+    `sam_rel_attn_rows-<il>` after the attention: the attention gives the picked rows itself, and the fast kernel
+    computes only their queries (SAM's windowed layers: not the windows' padding). Returns the number rewritten."""
+    d = registry.get("sam_rel_attn_rows")
+    users = graph.consumers()
+    n = 0
+    for mm in list(graph.nodes):
+        if mm.op != "mul_mat_rows" or mm.is_view:
+            continue
+        w, b, rows = mm.srcs
+        perm = b.srcs[0] if b.op in CONTS and not b.is_view else None
+        if not _is_op(perm, "permute", SWAP12) or perm.srcs[0].op != "sam_rel_attn" or perm.srcs[0].is_view:
+            continue
+        attn = perm.srcs[0]
+        D, _, H, _ = attn.ne
+        sole = only_user(attn, perm, users) and only_user(perm, b, users) and only_user(b, mm, users)
+        if not sole or w.ne[0] != D * H or rows.data is None or (rows.data < 0).any():
+            continue
+        try:
+            picked = Context().build(d, *attn.srcs, rows, **attn.params)
+        except ShapeError:
+            continue
+        layer = re.fullmatch(r".*-(\d+)", attn.name)
+        picked.set_name(f"{d.name}-{layer.group(1)}" if layer else f"{d.name} of {attn.name}")
+        mm.op, mm.srcs, mm.params = "mul_mat", (w, picked), {}
         n += 1
     return n

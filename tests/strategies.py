@@ -686,6 +686,18 @@ def _sam_rel_attn(draw, op):
                 {"scale": draw(st.sampled_from([0.125, 0.5, 1.0]))})
 
 
+@strategy("sam_rel_attn_rows")
+@st.composite
+def _sam_rel_attn_rows(draw, op):
+    """`sam_rel_attn`'s sources and token row numbers in [-1, B*Nq) (rows of the attention's heads side by side):
+    zero rows, repeats, any order, queries that no row picks."""
+    case = draw(_sam_rel_attn(op))
+    B, _, Nq, _ = case.srcs[0].value.shape  # NumPy order (B, H, Nq, D)
+    r_ne = (draw(st.integers(1, 6)), draw(st.integers(1, 3)), draw(st.integers(1, 2)), 1)
+    rows = Src(values(draw(seeds), r_ne, "i32", -1, B * Nq - 1), "i32")
+    return Case(op, [*case.srcs, rows], case.params)
+
+
 @strategy("attn")
 @st.composite
 def _attn(draw, op):

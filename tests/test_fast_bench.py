@@ -23,7 +23,10 @@ def test_bench_json(capsys):
     assert r["sgemm_gflops"] > 0 and r["encode_seconds"] > 0 and r["peak_rss_bytes"] > 0
     assert abs(r["sgemm_ratio"] - r["gflops"] / r["sgemm_gflops"]) < 1e-3
     per = r["per_op"]
-    assert per["sam_rel_attn"]["count"] == 12 and per["sam_rel_attn"]["fast"] == 12  # one per SAM layer
+    # one per SAM layer: the global ones whole, the windowed ones for the rows the projection picks (the global
+    # view's windows are padded)
+    assert per["sam_rel_attn"]["count"] == per["sam_rel_attn"]["fast"] == 4
+    assert per["sam_rel_attn_rows"]["count"] == per["sam_rel_attn_rows"]["fast"] == 8
     assert per["attn"]["count"] == per["attn"]["fast"] > 0 and "soft_max_ext" not in per  # CLIP's attention
     assert per["mul_mat"]["flops"] > 0
     assert abs(sum(v["flops"] for v in per.values()) - r["flops"]) <= 1e-6 * r["flops"]

@@ -26,7 +26,7 @@ FAST_OPS = sorted(n for n, d in registry.all_ops().items() if d.fast is not None
 BITWISE = {"add", "sub", "mul", "div", "cont", "cont_1d", "cont_2d", "cont_3d", "cont_4d", "dup", "cpy", "concat",
            "repeat", "repeat_4d", "pad", "pad_ext", "im2col", "gelu_erf", "rope_ext", "add_res"}
 BITWISE_GGML = {"gelu", "gelu_quick", "soft_max_ext", "geglu", "geglu_split", "mul_mat", "mul_mat_rows",
-                "sam_rel_attn", "sam_rel_pos", "attn"}
+                "sam_rel_attn", "sam_rel_attn_rows", "sam_rel_pos", "attn"}
 RTOL = 1e-5
 
 _ran_fast: dict[tuple[str, str], int] = {}
@@ -35,7 +35,7 @@ _ran_fast: dict[tuple[str, str], int] = {}
 def test_fast_ops_found():
     expected = {"mul_mat", "soft_max_ext", "norm", "rms_norm", "gelu", "gelu_erf", "gelu_quick", "silu",
                 "swiglu_split", "add", "mul", "cont", "concat", "rope_ext", "im2col", "sam_rel_attn",
-                "norm_affine", "add_act", "add_res", "mul_mat_rows", "sam_rel_pos", "attn"}
+                "norm_affine", "add_act", "add_res", "mul_mat_rows", "sam_rel_pos", "attn", "sam_rel_attn_rows"}
     assert expected <= set(FAST_OPS)
 
 
@@ -299,17 +299,19 @@ def test_sam_rel_attn_dense_keeps_values_and_unit_axis():
         assert np.shares_memory(d, qkv) == x.flags.forc  # copied exactly when strided
 
 
-def test_sam_rel_attn_small_tasks_random(monkeypatch):
-    """The same cut on the strategy's random shapes and layouts: every task shape agrees with the reference."""
+@pytest.mark.parametrize("op", ["sam_rel_attn", "sam_rel_attn_rows"])
+def test_sam_rel_attn_small_tasks_random(monkeypatch, op):
+    """The same cut on the strategy's random shapes and layouts (and row numbers): every task shape agrees with
+    the reference."""
     from npggml.ops.fast import sam_attn
 
     monkeypatch.setattr(sam_attn, "BLOCK_ELEMENTS", 24)
     monkeypatch.setattr(sam_attn, "DENSE_MIN_TASKS", 3)
 
     @settings(max_examples=40)
-    @given(STRATEGIES["sam_rel_attn"]())
+    @given(STRATEGIES[op]())
     def check(case):
-        _check_case("sam_rel_attn", "exact", case)
+        _check_case(op, "exact", case)
 
     check()
 

@@ -20,6 +20,7 @@ from npggml.graph.printer import summary
 from npggml.models.clip import ClipGraph
 from npggml.models.encode import Encoder
 from npggml.models.gguf_io import load_mmproj
+from npggml.ops import registry
 
 MODELS = Path(__file__).parent / "fixtures" / "models"
 F32 = np.float32
@@ -151,9 +152,9 @@ def test_rel_pos_pass_needs_the_attentions_own_queries():
 def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     """One fused attention per SAM layer and view group (tiles, global); per windowed layer (every view here pads
     its windows) one projection moved past the crop, and two products of gathered rows: the qkv product (of the
-    padded windows) and that projection (of the unpartitioned, cropped attention output); in v2 also the
-    projector's product of the query tokens' rows (a cropped copy before) per view group. Every CLIP/Qwen
-    attention (no rel-pos mask) becomes one `attn` node."""
+    padded windows) and that projection (of the unpartitioned, cropped attention output), whose rows the attention
+    then gives itself (`sam_rel_attn_rows`); in v2 also the projector's product of the query tokens' rows (a
+    cropped copy before) per view group. Every CLIP/Qwen attention (no rel-pos mask) becomes one `attn` node."""
     model = load_mmproj(MODELS / gguf)
     enc = Encoder(model, "reference", fuse=False)
     page = enc.build(grid)
@@ -169,23 +170,24 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     windowed = (n_layers - len(model.hparams.sam_global_layers)) * expected // n_layers
     assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
         "sam_attention": expected, "attention": before - expected, "rel_pos": expected, "linear_crop": windowed,
-        "linear_rows": 2 * windowed + projector_rows, "norm_affine": n_norms, "bias_act": n_acts}
+        "linear_rows": 2 * windowed + projector_rows, "attention_rows": windowed, "norm_affine": n_norms,
+        "bias_act": n_acts}
     # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
     assert report["bias_residual"] >= n_acts
     ops = [n.op for n in graph.nodes]
     assert "norm" not in ops and "rms_norm" not in ops and ops.count("norm_affine") == n_norms
-    assert ops.count("sam_rel_attn") == expected
+    assert ops.count("sam_rel_attn") == expected - windowed and ops.count("sam_rel_attn_rows") == windowed
     assert ops.count("attn") == before - expected > 0 and "soft_max_ext" not in ops
-    # the qkv products read their layer's normed input, the moved projections the attention output, through row
-    # numbers: no pad, no partition / unpartition / crop copy
-    assert ops.count("mul_mat_rows") == 2 * windowed + projector_rows and "pad" not in ops
+    # the qkv products read their layer's normed input through row numbers, the moved projections the rows the
+    # windowed attentions give them: no pad, no partition / unpartition / crop copy
+    assert ops.count("mul_mat_rows") == windowed + projector_rows and "pad" not in ops
     # q, k and v of every SAM attention read the qkv product itself: its q, k, v and v-transposed copies are gone,
     # and so are the copies of q the rel-pos products read: the rel-pos factors read the product too
     for node in graph.nodes:
-        if node.op == "sam_rel_attn":
+        if node.op in ("sam_rel_attn", "sam_rel_attn_rows"):
             assert [t.root.op for t in node.srcs[:3]] == ["add"] * 3
-            assert [t.op for t in node.srcs[3:]] == ["sam_rel_pos"] * 2
-            assert [t.srcs[0].root.op for t in node.srcs[3:]] == ["add"] * 2
+            assert [t.op for t in node.srcs[3:5]] == ["sam_rel_pos"] * 2
+            assert [t.srcs[0].root.op for t in node.srcs[3:5]] == ["add"] * 2
         if node.op == "attn":  # v read from the value projection itself, transposed: build_attn's copy is gone
             assert node.srcs[2].op != "cont" and node.srcs[2].root.op != "cont"
     n_attn = ops.count("attn")
@@ -194,6 +196,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     assert fuse_norm_affine(graph) == fuse_bias_act(graph) == 0
     assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == passes.fuse_rel_pos(graph) == 0
     assert passes.move_linear_past_crop(graph) == passes.gather_linear_rows(graph) == 0
+    assert passes.fuse_attention_rows(graph) == 0
 
 
 @pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False)])
@@ -569,6 +572,73 @@ def test_linear_rows_skips():
     padded = ctx.pad(ctx.reshape_3d(y, 8, 5, 2), 0, 1, 0, 0)
     assert passes.gather_linear_rows(Graph(ctx.mul_mat(stack, padded))) == 0
     assert passes.gather_linear_rows(Graph(ctx.mul_mat(w, ctx.pad(y, 0, 2, 0, 0)))) == 1  # the control
+
+
+def picked_attention_rows(W: int, Hh: int, D: int, n_heads: int, B: int, rows, seed: int = 0, const=True):
+    """The output projection of a SAM attention's token rows, picked by number (`mul_mat_rows`, as
+    `gather_linear_rows` leaves a windowed layer's projection): rows of `sam_like_attention`'s `kqv_out`."""
+    out, inputs = sam_like_attention(W, Hh, D, n_heads, B, seed)
+    ctx = Context()
+    wo = ctx.input("f32", (D * n_heads, 6), "wo")
+    inputs[wo] = np.random.default_rng(seed + 1).standard_normal((6, D * n_heads)).astype(F32)
+    rows = np.asarray(rows, np.int32).reshape(1, 1, 1, -1)
+    if const:
+        r = ctx.constant(rows, "rows")
+    else:
+        r = ctx.input("i32", (rows.size,), "rows")
+        inputs[r] = rows.reshape(-1)
+    return ctx.build(registry.get("mul_mat_rows"), wo, out, r), inputs
+
+
+@pytest.mark.parametrize("W,Hh,D,n_heads,B,rows", [
+    (3, 4, 8, 2, 1, [0, 5, 6, 11, 1]),  # some queries, out of order
+    (4, 3, 4, 3, 2, [23, 0, 12, 12, 7, 0]),  # repeats, both batch entries
+    (2, 2, 8, 2, 3, list(range(12))),  # every query
+])
+def test_attention_rows_computes_the_picked_queries(W, Hh, D, n_heads, B, rows):
+    """The attention gives the picked token rows itself: the product reads `sam_rel_attn_rows`, the flops drop by
+    the attention of the queries no row picks, and the value is the unfused graph's, bit for bit with the
+    reference kernels (the rows of the whole attention, gathered) and under ggml numerics, to float rounding with
+    the fast kernels."""
+    others = [p for p in passes.PASSES if p != "attention_rows"]
+    report = {}
+    out1, inputs1 = picked_attention_rows(W, Hh, D, n_heads, B, rows)
+    g1 = fuse(Graph(out1), report=report)
+    assert report["attention_rows"] == 1
+    g0 = fuse(Graph(picked_attention_rows(W, Hh, D, n_heads, B, rows)[0]), passes=others)
+    ops = [t.op for t in g1.nodes]
+    assert "mul_mat_rows" not in ops and "sam_rel_attn" not in ops and ops.count("sam_rel_attn_rows") == 1
+    (node,) = [t for t in g1.nodes if t.op == "sam_rel_attn_rows"]
+    assert node.name == "sam_rel_attn_rows-0" and [u.op for u in g1.consumers()[id(node)]] == ["mul_mat"]
+    N = W * Hh
+    skipped = B * N - len(set(rows))
+    assert summary(g0)["flops"] - summary(g1)["flops"] == (4 * D + 6) * N * n_heads * skipped
+    out, inputs = picked_attention_rows(W, Hh, D, n_heads, B, rows)
+    for numerics in ("exact", "ggml"):
+        (want,) = Interpreter(Graph(out), numerics=numerics, fast=False).run(inputs)
+        (got,) = Interpreter(g1, numerics=numerics, fast=False).run(inputs1)
+        np.testing.assert_array_equal(got, want)
+        it = Interpreter(g1, numerics=numerics, fast=True)
+        (fast,) = it.run(inputs1)
+        assert it.kernel_used[g1.index[id(node)]] == "fast"
+        if numerics == "ggml":
+            np.testing.assert_array_equal(fast, want)
+        else:
+            assert np.abs(fast - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_attention_rows_skips():
+    """Left alone: a zero row (-1) among the row numbers, row numbers that are not a constant, token rows another
+    node also reads."""
+    assert passes.PASSES["attention_rows"](fuse(Graph(picked_attention_rows(3, 3, 4, 2, 1, [0, 4])[0]),
+                                                passes=["sam_attention", "rel_pos"])) == 1  # the control
+    for rows, const in (([0, -1, 4], True), ([0, 4], False)):
+        out, _ = picked_attention_rows(3, 3, 4, 2, 1, rows, const=const)
+        assert fuse(Graph(out), passes=["sam_attention", "rel_pos", "attention_rows"], report=(r := {})) and \
+            r["attention_rows"] == 0
+    out, _ = picked_attention_rows(3, 3, 4, 2, 1, [0, 4])
+    shared = Graph([out, Context().sum_rows(out.srcs[1])])
+    assert fuse(shared, passes=["sam_attention", "attention_rows"], report=(r := {})) and r["attention_rows"] == 0
 
 
 @settings(max_examples=60, deadline=None)

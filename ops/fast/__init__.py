@@ -9,7 +9,18 @@ sources: `npggml.ops._cache`), so a second process does not compile.
 This package is imported last by `npggml.ops`, so every op it attaches to is declared by then.
 """
 
-from npggml.ops.fast import attn, binary, linalg, movement, norm, sam_attn, sam_rel_pos, softmax, unary  # noqa: F401
+from npggml.ops.fast import (  # noqa: F401
+    attn,
+    binary,
+    linalg,
+    movement,
+    norm,
+    sam_attn,
+    sam_attn_rows,
+    sam_rel_pos,
+    softmax,
+    unary,
+)
 from npggml.ops.registry import REGISTRY
 
 if "rope_ext" in REGISTRY:

@@ -330,19 +330,26 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
     if not is_f32(q, k, v, dst) or not dst.flags.c_contiguous:
         return NotImplemented
     B, H, Nq, D = q.shape
-    Nk = k.shape[2]
     rw, rh = _bias_rows(out, rel_w, rel_h)
     if ggml_numerics():
         _ggml_heads(out, q, k, v, rw, rh, F32(scale), dst)
         return None
-    sc = F32(scale)
-    g, qb = plan(H, Nq, Nk)
-    tasks = [(b, h0, min(h0 + g, H), i0, min(i0 + qb, Nq))
+    g, qb = plan(H, Nq, k.shape[2])
+    tasks = [(b, h0, min(h0 + g, H), slice(i0, min(i0 + qb, Nq)), None)
              for b in range(B) for h0 in range(0, H, g) for i0 in range(0, Nq, qb)]
+    attend(dst, q, k, v, rw, rh, F32(scale), g, qb, tasks)
+    return None
+
+
+def attend(dst, q, k, v, rw, rh, sc, g, qb, tasks) -> None:
+    """The reference-mode attention of `tasks` on the BLAS pool. A task (b, h0, h1, sel, dest) is the queries `sel`
+    (a slice or an index array, at most qb of them) of heads h0:h1 (at most g) of batch entry b; their outputs go
+    to dst[b, h0:h1, sel] (dest None, dst (B, H, Nq, D)) or to rows `dest` of dst (n, H, D)."""
+    Nk, D = k.shape[2], q.shape[3]
     _blas.use_own_threads()
     scratch = {}  # per thread: a task's scores, their column maxima, partial and whole sums, the product with v
     held = {}  # per thread: (b, h) -> that head's k and v, dense, while its tasks last
-    dense_heads = g == 1 and -(-Nq // qb) >= DENSE_MIN_TASKS
+    dense_heads = g == 1 and len(tasks) >= DENSE_MIN_TASKS * len({t[:2] for t in tasks})
 
     def operands(tid, b, h0, h1):
         """k and v of the task's heads: views, or (a head split into several tasks) dense copies of one head's,
@@ -363,15 +370,16 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
             scratch[tid] = (np.empty(g * Nk * qb, F32), np.empty((2, qb), F32), np.empty(g * qb, F64),
                             np.empty(g * D * qb, F32))
         s_buf, (colmax, part), acc_buf, r_buf = scratch[tid]
-        for b, h0, h1, i0, i1 in tasks[lo:hi]:
-            m, n = h1 - h0, i1 - i0
+        for b, h0, h1, sel, dest in tasks[lo:hi]:
+            qs = q[b, h0:h1][:, sel]  # a view for a slice, the picked rows for an index array
+            m, n = qs.shape[:2]
             kk, vv = operands(tid, b, h0, h1)
             S = s_buf[: m * Nk * n].reshape(m, Nk, n)
-            qT = q[b, h0:h1, i0:i1].transpose(0, 2, 1)
+            qT = qs.transpose(0, 2, 1)
             np.matmul(kk, qT, out=S)  # mul_mat(k, q), key-major
             # the block's bias rows, one row of queries per kw (kh): contiguous, as Numba vectorises those
-            rw_b = np.ascontiguousarray(rw[b, h0:h1, i0:i1].transpose(0, 2, 1))
-            rh_b = np.ascontiguousarray(rh[b, h0:h1, i0:i1].transpose(0, 2, 1))
+            rw_b = np.ascontiguousarray(rw[b, h0:h1][:, sel].transpose(0, 2, 1))
+            rh_b = np.ascontiguousarray(rh[b, h0:h1][:, sel].transpose(0, 2, 1))
             acc = acc_buf[: m * n].reshape(m, n)
             if not _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n], MAX_SAMPLE_STEP):
                 np.matmul(kk, qT, out=S)  # a sum may have overflowed: again, with the true max
@@ -379,6 +387,21 @@ def sam_rel_attn_fast(dst, out, q, k, v, rel_w, rel_h, scale):
             R = r_buf[: m * n * D].reshape(m, n, D)
             # query-major, S^T v^T (the module docstring says why)
             np.matmul(S.transpose(0, 2, 1), vv.transpose(0, 2, 1), out=R)
-            normalise_queries(R, acc, dst[b, h0:h1, i0:i1])
+            if dest is None:
+                normalise_queries(R, acc, dst[b, h0:h1, sel])
+            else:
+                normalise_rows(R, acc, dst, dest, h0)
 
     _blas.run_split(work, len(tasks))
+
+
+@serial
+def normalise_rows(R, acc, res, dest, h0):
+    """res[dest[c], h0 + j, :] = R[j, c, :] * float(1/sum): `normalise_queries` into the rows `dest` of res (n, H,
+    D), an attention output with each token's heads side by side in its row."""
+    for j in range(R.shape[0]):
+        for c in range(R.shape[1]):
+            inv = F32(1.0 / acc[j, c])
+            row = res[dest[c], h0 + j]
+            for d in range(R.shape[2]):
+                row[d] = R[j, c, d] * inv
