@@ -5,7 +5,8 @@ place (the node whose value the sub-graph produced becomes the fused node, so co
 untouched), and the nodes only the sub-graph used drop out of the new graph. Each pass returns how many
 patterns it replaced; `fuse(..., report=dict)` collects the counts.
 
-Passes (the three SAM attention ones live in `npggml.graph.fuse_sam`):
+Passes (the three SAM attention ones live in `npggml.graph.fuse_sam`, the three row ones in
+`npggml.graph.fuse_rows`):
 - `fuse_sam_attention`: SAM attention with decomposed relative positions,
   `mul_mat(v, soft_max_ext(mul_mat(k, q), reshape_4d(add(repeat_4d(rel_w), rel_h)), scale))`
   -> `sam_rel_attn(q, k, v, rel_w, rel_h, scale)` (see `npggml.ops.fast.sam_attn`).
@@ -36,6 +37,13 @@ Passes (the three SAM attention ones live in `npggml.graph.fuse_sam`):
   the attention gives the picked rows itself, and its fast kernel computes only the queries that are kept (SAM's
   windowed layers no longer attend from the windows' padding: 9-26 % of their queries). Its reference kernel
   gathers the rows of the whole attention's reference value: the operand the product had, bit for bit.
+- `compute_picked_rows` (`npggml.graph.fuse_rows`): a product of picked rows `mul_mat_rows(w, b, rows)` whose
+  operand b is computed row by row (adds, norms, activations, products with one weight matrix, reshapes) and
+  whose rows pick fewer rows than b has -> that computation on the picked rows only: each of its nodes (read by
+  nothing else) on the picked rows of its sources, the values it reads from elsewhere picked by `get_rows`, and
+  the product's row numbers counted among the picked rows. v2's encoder keeps only the query tokens: its last
+  layer's output projection, MLP and norms skip the image tokens' rows. Products of fewer rows round differently
+  (BLAS, as above): `same_bits` skips it.
 - `fuse_norm_affine`: a layer norm's scale and shift, `add(mul(norm(a), w), b)` (or `rms_norm`, or no add) with
   w and b one row each -> `norm_affine(a, w, b, eps, rms)`: one pass over the rows instead of three. The fused
   node keeps the name of the node it replaces (`norm_b-3`, `ffn_inp_normed-3`): the same value, bit for bit.
@@ -53,12 +61,10 @@ Passes (the three SAM attention ones live in `npggml.graph.fuse_sam`):
 
 from __future__ import annotations
 
-import numpy as np
-
 from npggml.graph.context import Context
+from npggml.graph.fuse_rows import compute_picked_rows, gather_linear_rows, move_linear_past_crop
 from npggml.graph.fuse_sam import fuse_attention_rows, fuse_rel_pos, fuse_sam_attention, rewrite_attentions
 from npggml.graph.graph import Graph, only_user, sole_user
-from npggml.graph.interp import Interpreter
 from npggml.graph.tensor import Tensor
 from npggml.ops import registry
 from npggml.ops.elementwise import BIAS_ACTS
@@ -149,148 +155,6 @@ def fuse_bias_residual(graph: Graph) -> int:
                 node.op, node.srcs, node.params = d.name, (*xb, y), {}
                 n += 1
                 break
-    return n
-
-
-# ops that can only move rows about (and reshape them), never mix the elements of different rows
-ROW_MOVES = frozenset({"cont", "permute", "reshape", *(f"{k}_{n}d" for k in ("cont", "reshape", "view")
-                                                        for n in range(1, 5))})
-
-
-def _moves_rows(t: Tensor, c: int) -> bool:
-    """t, reading a value made of rows of c floats (packed), holds whole rows of it: each of its own rows is a
-    run of whole c-float rows (unit stride, a multiple of c long, offset and other strides multiples of c
-    floats) and a permute keeps dim 0. A copy (`cont`) of such a tensor is packed, made of whole rows again."""
-    if t.op not in ROW_MOVES or t.dtype != "f32" or t.ne[0] % c:
-        return False
-    if t.op == "permute" and t.params["axis0"] != 0:
-        return False
-    row = 4 * c
-    return not t.is_view or (t.nb[0] == 4 and t.view_offs % row == 0
-                             and all(nb % row == 0 for ne, nb in zip(t.ne[1:], t.nb[1:]) if ne > 1))
-
-
-def _linear(t: Tensor, users: dict[int, list[Tensor]]) -> tuple[Tensor, Tensor | None, Tensor] | None:
-    """(mul_mat, bias, x) if t is `mul_mat(w, x)` or `add(mul_mat(w, x), b)` (b one row, the product read by the
-    add alone) with w one square f32-output matrix and x packed (so like the product): the rows of t are a function
-    of the rows of x alone, each the same function."""
-    mm, b = t, None
-    if t.op == "add" and not t.is_view and t.srcs[0].op == "mul_mat" and only_user(t.srcs[0], t, users):
-        mm, b = t.srcs
-        if not is_row(b, mm.ne[0]):
-            return None
-    if mm.op != "mul_mat" or mm.is_view or mm.dtype != "f32":
-        return None
-    w, x = mm.srcs
-    square = w.ne[0] == w.ne[1] and w.ne[2] == w.ne[3] == 1
-    if not square or x.dtype != "f32" or not x.is_contiguous():
-        return None
-    return mm, b, x
-
-
-def move_linear_past_crop(graph: Graph) -> int:
-    """Rewrite every linear layer (a square weight, with or without a bias row) whose value is then only moved
-    about row by row and cropped (SAM's window unpartition drops the windows' padding) so that the moves run
-    first, on the layer's input, and the layer on the rows that remain: the same rows, each computed the same
-    way, without the products of the rows that are thrown away. The last copy of the moves becomes the layer
-    (named as that copy, whose value it now computes); returns the number rewritten."""
-    users = graph.consumers()
-    n = 0
-    for top in list(graph.nodes):
-        lin = _linear(top, users)
-        if lin is None:
-            continue
-        mm, b, x = lin
-        chain, t = [], top
-        while (u := sole_user(t, users)) is not None and _moves_rows(u, top.ne[0]):
-            chain.append(u)
-            t = u
-        while chain and chain[-1].is_view:  # the moves end with their last copy, which becomes the layer
-            chain.pop()
-        if not chain or chain[-1].nelements >= top.nelements or chain[-1].ne[0] != top.ne[0]:
-            continue
-        last = chain[-1]
-        ctx = Context()
-        cur = x
-        for u in chain:  # named by their rules, after x: `kqv_out-3 (reshaped) (cont)`
-            if u.op == "cont" and cur.is_contiguous():
-                continue  # a copy of packed rows: the rows as they are
-            cur = ctx.build(registry.get(u.op), cur, **u.params)
-        if b is None:
-            last.op, last.srcs, last.params = "mul_mat", (mm.srcs[0], cur), {}
-        else:
-            last.op, last.srcs, last.params = "add", (ctx.mul_mat(mm.srcs[0], cur).set_name(mm.name), b), {}
-        n += 1
-    return n
-
-
-def _one_float_a_row(u: Tensor, c: int) -> dict | None:
-    """The params of the row move or pad u (over rows of c floats) for the same move over rows of one float:
-    dim 0's size divided by c, strides and offsets by 4c bytes; None for a move that cannot be scaled (`reshape`
-    takes a shape tensor, a stride that is not a multiple of a row)."""
-    if u.op == "reshape":
-        return None
-    params = dict(u.params)
-    for key, v in u.params.items():
-        unit = c if key == "ne0" else 4 * c if key.startswith(("nb", "offset")) else None
-        if unit is not None:
-            if v % unit:
-                return None
-            params[key] = v // c
-    return params
-
-
-PADS = frozenset({"pad", "pad_ext"})
-
-
-def _pads_rows(t: Tensor, c: int) -> bool:
-    """t zero-pads a value made of rows of c floats with whole rows (dim 0 untouched)."""
-    p = t.params
-    return (t.op in PADS and t.dtype == "f32" and t.ne[0] % c == 0
-            and not (p["p0"] if t.op == "pad" else p["lp0"] or p["rp0"]))
-
-
-def _row_numbers(chain: list[Tensor], moves: list[dict], b: Tensor, c: int) -> np.ndarray:
-    """Which row of b (rows of c floats, counted in memory order) each row at the end of `chain` holds, -1 for a
-    padding row: the same moves and pads (`moves`: their params at one float a row) run on b's row numbers
-    (exact below 2**24 rows)."""
-    n = b.nelements // c
-    ctx = Context()
-    cur = ctx.constant(np.arange(1, n + 1, dtype=np.float32).reshape(b.shape[:-1] + (b.ne[0] // c,)), "rows")
-    for u, params in zip(chain, moves):
-        cur = ctx.build(registry.get(u.op), cur, **params)
-    value = Interpreter(Graph([ctx.cont(cur)]), numerics="exact", fast=False).run()[0]
-    return (value.astype(np.int64) - 1).astype(np.int32).reshape(value.shape[:-1])
-
-
-def gather_linear_rows(graph: Graph) -> int:
-    """Rewrite every product `mul_mat(w, x)` (w one matrix) whose operand x is a value b padded with zero rows
-    and / or moved about row by row (SAM's window partition: a pad, then a permuted copy) into
-    `mul_mat_rows(w, b, rows)` with the row numbers of the moves as a constant: the pads and copies go, and the
-    fast kernel does not multiply the padding rows. b is the last packed value on the way down from x (a moved
-    projection's operand goes back to the attention output's token rows, not past them to its heads). Returns
-    the number rewritten."""
-    users = graph.consumers()
-    n = 0
-    for mm in list(graph.nodes):
-        if mm.op != "mul_mat" or mm.is_view or mm.dtype != "f32":
-            continue
-        w, x = mm.srcs
-        c = w.ne[0]
-        if w.ne[2] != 1 or w.ne[3] != 1 or x.dtype != "f32":
-            continue
-        chain, t = [], x
-        while (_moves_rows(t, c) or _pads_rows(t, c)) and sole_user(t, users) is (chain[0] if chain else mm):
-            chain.insert(0, t)
-            t = t.srcs[0]
-        while chain and not (t.is_contiguous() and t.ne[0] % c == 0):  # read the last packed value on the way
-            t = chain.pop(0)
-        moves = [_one_float_a_row(u, c) for u in chain]
-        if not any(u.op in PADS or not u.is_view for u in chain) or None in moves or t.nelements // c >= 1 << 24:
-            continue  # nothing is copied (the product reads t itself already), or a move without a row form
-        rows = Context().constant(_row_numbers(chain, moves, t, c), "rows").set_name(f"{mm.name} rows")
-        mm.op, mm.srcs, mm.params = "mul_mat_rows", (w, t, rows), {}
-        n += 1
     return n
 
 
@@ -394,18 +258,24 @@ def elide_copies(graph: Graph) -> int:
 
 PASSES = {"sam_attention": fuse_sam_attention, "attention": fuse_attention, "rel_pos": fuse_rel_pos,
           "linear_crop": move_linear_past_crop, "linear_rows": gather_linear_rows,
-          "attention_rows": fuse_attention_rows, "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act,
-          "bias_residual": fuse_bias_residual, "copies": elide_copies}
+          "attention_rows": fuse_attention_rows, "picked_rows": compute_picked_rows,
+          "norm_affine": fuse_norm_affine, "bias_act": fuse_bias_act, "bias_residual": fuse_bias_residual,
+          "copies": elide_copies}
 # passes whose graph gives the unfused graph's values to float rounding, not bit for bit
-REROUNDING = frozenset({"linear_crop", "linear_rows"})
+REROUNDING = frozenset({"linear_crop", "linear_rows", "picked_rows"})
+# passes that compute named values of the unfused graph (`kqv_out-3`, `layer_out-23`) for the rows read later only,
+# as new nodes: the named ones drop out of the graph
+PARTIAL = frozenset({"attention_rows", "picked_rows"})
 
 
-def fuse(graph: Graph, passes=None, report: dict | None = None, same_bits: bool = False) -> Graph:
-    """Run the passes (default: all; with `same_bits`, those that keep every value bit for bit) on `graph`;
-    returns a new Graph over its outputs (`graph` itself when nothing matched). Each pass sees the nodes the
-    passes before it made (a projection moved past the crop reads moved rows a later pass may gather)."""
+def fuse(graph: Graph, passes=None, report: dict | None = None, same_bits: bool = False,
+         whole: bool = False) -> Graph:
+    """Run the passes (default: all; with `same_bits`, those that keep every value bit for bit; with `whole`, those
+    that keep every named value with all its rows, as `npggml trace` shows them) on `graph`; returns a new Graph
+    over its outputs (`graph` itself when nothing matched). Each pass sees the nodes the passes before it made (a
+    projection moved past the crop reads moved rows a later pass may gather)."""
     for name in passes or PASSES:
-        if same_bits and name in REROUNDING:
+        if (same_bits and name in REROUNDING) or (whole and name in PARTIAL):
             continue
         k = PASSES[name](graph)
         if k:

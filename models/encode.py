@@ -94,11 +94,12 @@ class Encoder:
         self.mode = mode
         self.fast = fast
         self.fuse = fuse
+        self.whole = False  # True: no pass that computes a named value for some rows only (`npggml trace`)
         self.builder_cls = builder_for(self.model.projector)
         self.arena: Arena | None = Arena(grow=grow) if reserve else None
         self.batch_tokens = batch_tokens
         self.reservations: dict[str, Reservation] = {}
-        self._pages: dict[tuple, PageGraph] = {}  # encode's built graphs, by (grid, mode, fuse, fast)
+        self._pages: dict[tuple, PageGraph] = {}  # encode's built graphs, by (grid, mode, fuse, whole, fast)
 
     @property
     def numerics(self) -> str:
@@ -118,7 +119,7 @@ class Encoder:
         an f16 step), only the passes that keep every value bit for bit."""
         if not self.fuse:
             return graph
-        return fuse_graph(graph, same_bits=not self.fast or self.numerics == "ggml")
+        return fuse_graph(graph, same_bits=not self.fast or self.numerics == "ggml", whole=self.whole)
 
     # --- reserve once ------------------------------------------------------------------------------------------
     def worst_case_page(self) -> tuple[tuple[int, int] | None, Graph, int]:
@@ -209,9 +210,9 @@ class Encoder:
 
     def _page(self, grid: tuple[int, int] | None) -> PageGraph:
         """`build(grid)` for encode, kept for the next page of the same grid (building and fusing a full-size page
-        takes ~0.1 s); the last PAGES_KEPT grids are kept, keyed by what the graph depends on (`mode`, `fuse` and
-        `fast` are public attributes a caller may change between encodes)."""
-        key = (grid, self.mode, self.fuse, self.fast)
+        takes ~0.1 s); the last PAGES_KEPT grids are kept, keyed by what the graph depends on (`mode`, `fuse`,
+        `whole` and `fast` are public attributes a caller may change between encodes)."""
+        key = (grid, self.mode, self.fuse, self.whole, self.fast)
         page = self._pages.pop(key, None) or self.build(grid)
         self._pages[key] = page
         while len(self._pages) > PAGES_KEPT:

@@ -170,8 +170,8 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     windowed = (n_layers - len(model.hparams.sam_global_layers)) * expected // n_layers
     assert {k: v for k, v in report.items() if k not in ("copies", "bias_residual")} == {
         "sam_attention": expected, "attention": before - expected, "rel_pos": expected, "linear_crop": windowed,
-        "linear_rows": 2 * windowed + projector_rows, "attention_rows": windowed, "norm_affine": n_norms,
-        "bias_act": n_acts}
+        "linear_rows": 2 * windowed + projector_rows, "attention_rows": windowed, "picked_rows": projector_rows,
+        "norm_affine": n_norms, "bias_act": n_acts}
     # every MLP's second bias joins the residual in one node (SAM and CLIP layers; Qwen2's MLP has no bias)
     assert report["bias_residual"] >= n_acts
     ops = [n.op for n in graph.nodes]
@@ -196,7 +196,7 @@ def test_pass_count_on_page_graphs(gguf, grid, expected, projector_rows):
     assert fuse_norm_affine(graph) == fuse_bias_act(graph) == 0
     assert passes.fuse_bias_residual(graph) == passes.elide_copies(graph) == passes.fuse_rel_pos(graph) == 0
     assert passes.move_linear_past_crop(graph) == passes.gather_linear_rows(graph) == 0
-    assert passes.fuse_attention_rows(graph) == 0
+    assert passes.fuse_attention_rows(graph) == passes.compute_picked_rows(graph) == 0
 
 
 @pytest.mark.parametrize("mode,fast", [("reference", True), ("reference", False)])
@@ -215,6 +215,21 @@ def test_encoder_fuse_switch(mode, fast):
         assert np.abs(a.embeddings - b.embeddings).max() <= 1e-5 * np.abs(b.embeddings).max()
     else:
         np.testing.assert_array_equal(a.embeddings, b.embeddings)
+
+
+def test_whole_keeps_every_named_value():
+    """`Encoder.whole` (what `npggml trace` sets) leaves out the passes that compute a named value for the rows
+    read later only: v2's last layer (`layer_out-11`) and the windowed layers' token rows (`kqv_out-0`) are then in
+    the graph, with all their rows; by default they are computed as fewer rows, under new names."""
+    enc = Encoder(load_mmproj(MODELS / "mmproj-tiny-dsocr2-f32.gguf"), "reference", reserve=False)
+    for whole in (False, True):  # tiles, then the global view: each has its SAM and its Qwen2 layer 0
+        enc.whole = whole
+        nodes = enc.build((2, 1)).graph.nodes
+        last = [n for n in nodes if n.name.startswith("layer_out-11")]
+        assert [n.name for n in last] == ["layer_out-11" if whole else "layer_out-11 (rows)"] * 2
+        assert [n.ne[1] for n in last] == ([2 * 288, 512] if whole else [2 * 144, 256])  # all tokens, or queries
+        assert [n.name for n in nodes].count("kqv_out-0") == (4 if whole else 2)  # SAM's, Qwen2's
+        assert any(n.op == "sam_rel_attn_rows" for n in nodes) != whole
 
 
 def norm_affine_graph(rms: bool, bias: bool, ne=(24, 5, 3, 2), seed: int = 0, row_w: bool = True):
@@ -639,6 +654,76 @@ def test_attention_rows_skips():
     out, _ = picked_attention_rows(3, 3, 4, 2, 1, [0, 4])
     shared = Graph([out, Context().sum_rows(out.srcs[1])])
     assert fuse(shared, passes=["sam_attention", "attention_rows"], report=(r := {})) and r["attention_rows"] == 0
+
+
+def query_rows_graph(c: int, n_img: int, n_q: int, B: int, f: int = 12, seed: int = 0):
+    """The end of v2's encoder in miniature: a last layer (output projection of an attention output `a`, residual,
+    RMS norm, SiLU-gated MLP, residual), the final RMS norm, the crop to the last n_q tokens of each batch entry
+    and the projector's product."""
+    rng = np.random.default_rng(seed)
+    ctx = Context()
+    S = n_img + n_q
+    ins = {"x": (c, S, B), "a": (c, S, B), "wo": (c, c), "wg": (c, f), "wu": (c, f), "wd": (f, c), "g1": (c,),
+           "g2": (c,), "fc": (c, 5), "fcb": (5,)}
+    t = {k: ctx.input("f32", ne, k) for k, ne in ins.items()}
+    values = {v: rng.standard_normal(tuple(reversed(v.ne))).astype(F32) for v in t.values()}
+    h = ctx.add(ctx.mul_mat(t["wo"], t["a"]), t["x"])
+    n = ctx.mul(ctx.rms_norm(h, 1e-6), t["g1"])
+    m = ctx.mul_mat(t["wd"], ctx.mul(ctx.silu(ctx.mul_mat(t["wg"], n)), ctx.mul_mat(t["wu"], n)))
+    post = ctx.mul(ctx.rms_norm(ctx.add(h, m), 1e-6), t["g2"])
+    crop = ctx.cont(ctx.view_3d(post, c, n_q, B, post.nb[1], post.nb[2], post.nb[1] * n_img))
+    return ctx.add(ctx.mul_mat(t["fc"], crop), t["fcb"]), values
+
+
+@pytest.mark.parametrize("c,n_img,n_q,B", [(8, 5, 3, 2), (4, 1, 6, 1), (12, 9, 1, 3)])
+def test_picked_rows_computes_only_the_kept_tokens(c, n_img, n_q, B):
+    """After `gather_linear_rows` makes the projector read the query tokens' rows by number, the last layer from
+    its output projection on runs on those rows only (its products have n_q * B rows; the two values it reads
+    from outside, picked by `get_rows`), and the value is the unfused graph's to float rounding (the products
+    round as BLAS rounds fewer rows) with the reference and the fast kernels, under both numerics."""
+    out, values = query_rows_graph(c, n_img, n_q, B)
+    report = {}
+    g1 = fuse(Graph(out), passes=["linear_rows", "picked_rows"], report=report)
+    assert report == {"linear_rows": 1, "picked_rows": 1}
+    products = [t for t in g1.nodes if t.op == "mul_mat"]
+    assert len(products) == 4 and all(t.ne[1] == n_q * B for t in products)
+    assert sorted(t.name for t in g1.nodes if t.op == "get_rows") == ["a (rows)", "x (rows)"]
+    assert summary(g1)["flops"] < summary(fuse(Graph(query_rows_graph(c, n_img, n_q, B)[0]),
+                                               passes=["linear_rows"]))["flops"]
+    for numerics in ("exact", "ggml"):
+        (want,) = Interpreter(Graph(out), numerics=numerics, fast=False).run(values)
+        for fast in (False, True):
+            (got,) = Interpreter(g1, numerics=numerics, fast=fast).run(values)
+            assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_picked_rows_skips():
+    """Left alone: row numbers that pick every row, row numbers that are not a constant, an operand another node
+    also reads, an operand not computed row by row; a value of the layer that another node reads stays whole and
+    is picked from."""
+    def picked(out, extra=None):
+        graph = fuse(Graph(out if extra is None else [out, extra]), passes=["linear_rows"])
+        return passes.compute_picked_rows(graph), Graph(graph.outputs)
+
+    assert picked(query_rows_graph(8, 5, 3, 2)[0])[0] == 1  # the control
+    assert picked(query_rows_graph(8, 0, 3, 2)[0])[0] == 0  # every token kept: the crop is no crop
+    out, _ = query_rows_graph(8, 5, 3, 2)
+    post = out.srcs[0].srcs[1].srcs[0].srcs[0]  # add(mul_mat(fc, cont(view(post))), fcb)
+    assert post.op == "mul" and picked(out, Context().sum_rows(post))[0] == 0
+    out, _ = query_rows_graph(8, 5, 3, 2)
+    h = next(t for t in Graph(out).nodes if t.op == "add" and t.srcs[1].name == "x")
+    n, graph = picked(out, Context().sum_rows(h))
+    assert n == 1 and sorted(t.name for t in graph.nodes if t.op == "get_rows") == [f"{h.name} (rows)"]
+    ctx = Context()
+    y = ctx.input("f32", (4, 6), "y")
+    w = ctx.input("f32", (4, 3), "w")
+    rows = ctx.constant(np.array([[[[1, 4]]]], np.int32), "rows")
+    mmr = registry.get("mul_mat_rows")
+    mixed = ctx.cont(ctx.transpose(ctx.input("f32", (6, 4), "z")))  # a row of it is a column of z
+    assert passes.compute_picked_rows(Graph(ctx.build(mmr, w, mixed, rows))) == 0
+    assert passes.compute_picked_rows(Graph(ctx.build(mmr, w, ctx.gelu(y), rows))) == 1  # the control
+    dyn = ctx.input("i32", (2,), "dyn")
+    assert passes.compute_picked_rows(Graph(ctx.build(mmr, w, ctx.gelu(y), dyn))) == 0
 
 
 @settings(max_examples=60, deadline=None)

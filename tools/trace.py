@@ -241,6 +241,7 @@ class Tracer:
 
 def run(args) -> int:
     enc = open_encoder(args)
+    enc.whole = True  # every named node with all its rows, as the reference dumps hold them
     views = enc.preprocess(args.image, no_tiles=args.no_tiles)
     page = enc.build(views.grid)  # the graph encode() runs: same builder, same rewrite passes
     nodes = page.graph.nodes
