@@ -24,7 +24,10 @@ from npggml.ops.registry import Out, ggml_numerics, op, require
 
 def _kept(rows) -> int | None:
     """The distinct token rows that `rows` (a constant's data, or None) picks."""
-    return None if rows is None else np.unique(np.asarray(rows)[np.asarray(rows) >= 0]).size
+    if rows is None:
+        return None
+    rows = np.asarray(rows)
+    return np.unique(rows[rows >= 0]).size
 
 
 def _flops(n) -> float:
@@ -64,6 +67,12 @@ def _sam_rel_attn_rows(out, q, k, v, rel_w, rel_h, rows, scale):
     return gather_rows(_token_rows(whole), rows, out.ne[0])
 
 
+def _run(sel: np.ndarray) -> np.ndarray | slice:
+    """sel as a slice when it is a run of consecutive queries (a whole window, or its first rows): the task reads
+    its queries as a view instead of a copy (a v1 page's windowed attentions: 0.57 -> 0.55 s)."""
+    return slice(int(sel[0]), int(sel[-1]) + 1) if sel.size and sel[-1] - sel[0] + 1 == sel.size else sel
+
+
 @sam_rel_attn_rows.fast_kernel
 def sam_rel_attn_rows_fast(dst, out, q, k, v, rel_w, rel_h, rows, scale):
     """Only the picked queries: each batch entry's picked queries in tasks of `sam_rel_attn`'s plan, written
@@ -89,8 +98,9 @@ def sam_rel_attn_rows_fast(dst, out, q, k, v, rel_w, rel_h, rows, scale):
     tasks = []
     for b in range(B):
         sel = np.flatnonzero(first[b * Nq:(b + 1) * Nq] >= 0)
-        parts = [sel[i0:i0 + qb] for i0 in range(0, sel.size, qb)]
-        tasks += [(b, h0, min(h0 + g, H), part, first[b * Nq + part]) for h0 in range(0, H, g) for part in parts]
+        parts = [_run(sel[i0:i0 + qb]) for i0 in range(0, sel.size, qb)]
+        tasks += [(b, h0, min(h0 + g, H), part, first[b * Nq:(b + 1) * Nq][part])
+                  for h0 in range(0, H, g) for part in parts]
     res = dst.reshape(-1, H, D)
     rw, rh = _bias_rows(whole_t, rel_w, rel_h)
     attend(res, q, k, v, rw, rh, F32(scale), g, qb, tasks)
