@@ -589,6 +589,21 @@ def test_linear_rows_skips():
     assert passes.gather_linear_rows(Graph(ctx.mul_mat(w, ctx.pad(y, 0, 2, 0, 0)))) == 1  # the control
 
 
+def check_fused_values(graph: Graph, inputs: dict, node, want: np.ndarray, numerics: str) -> None:
+    """The fused graph's value is `want` (the unfused graph's by the reference kernels): bit for bit with the
+    reference kernels; with the fast ones, which must run the fused `node`, bit for bit under ggml numerics and
+    within 1e-5 in reference mode."""
+    (ref,) = Interpreter(graph, numerics=numerics, fast=False).run(inputs)
+    np.testing.assert_array_equal(ref, want)
+    it = Interpreter(graph, numerics=numerics, fast=True)
+    (fast,) = it.run(inputs)
+    assert it.kernel_used[graph.index[id(node)]] == "fast"
+    if numerics == "ggml":
+        np.testing.assert_array_equal(fast, want)
+    else:
+        assert np.abs(fast - want).max() <= 1e-5 * np.abs(want).max()
+
+
 def picked_attention_rows(W: int, Hh: int, D: int, n_heads: int, B: int, rows, seed: int = 0, const=True):
     """The output projection of a SAM attention's token rows, picked by number (`mul_mat_rows`, as
     `gather_linear_rows` leaves a windowed layer's projection): rows of `sam_like_attention`'s `kqv_out`."""
@@ -631,15 +646,7 @@ def test_attention_rows_computes_the_picked_queries(W, Hh, D, n_heads, B, rows):
     out, inputs = picked_attention_rows(W, Hh, D, n_heads, B, rows)
     for numerics in ("exact", "ggml"):
         (want,) = Interpreter(Graph(out), numerics=numerics, fast=False).run(inputs)
-        (got,) = Interpreter(g1, numerics=numerics, fast=False).run(inputs1)
-        np.testing.assert_array_equal(got, want)
-        it = Interpreter(g1, numerics=numerics, fast=True)
-        (fast,) = it.run(inputs1)
-        assert it.kernel_used[g1.index[id(node)]] == "fast"
-        if numerics == "ggml":
-            np.testing.assert_array_equal(fast, want)
-        else:
-            assert np.abs(fast - want).max() <= 1e-5 * np.abs(want).max()
+        check_fused_values(g1, inputs1, node, want, numerics)
 
 
 def test_attention_rows_skips():
@@ -815,15 +822,7 @@ def test_fused_attention_equals_unfused(numerics, D, Nq, Nk, H, Hk, B, masked):
     assert ops.count("attn") == 1 and {"soft_max_ext", "mul_mat", "cont"}.isdisjoint(ops)
     (node,) = [n for n in graph.nodes if n.op == "attn"]
     assert node.name == "attn-0" and node.srcs[2].root.name == "v"
-    (fused_ref,) = Interpreter(graph, numerics=numerics, fast=False).run(inputs)
-    np.testing.assert_array_equal(fused_ref, ref)
-    it = Interpreter(graph, numerics=numerics, fast=True)
-    (fused_fast,) = it.run(inputs)
-    assert it.kernel_used[graph.index[id(node)]] == "fast"
-    if numerics == "ggml":
-        np.testing.assert_array_equal(fused_fast, ref)
-    else:
-        assert np.abs(fused_fast - ref).max() <= 1e-5 * np.abs(ref).max()
+    check_fused_values(graph, inputs, node, ref, numerics)
 
 
 def test_attention_pass_skips_shared_scores_and_alibi():
