@@ -30,6 +30,13 @@ def fused_name(kqv: Tensor, users: dict[int, list[Tensor]], fallback: int, op: s
     return f"{op}#{fallback}"
 
 
+def layer_tag(name: str) -> str:
+    """The suffix that names a node made from the node `name` after its layer: `-3` for `sam_rel_attn-3`, else
+    ` of <name>`."""
+    layer = re.fullmatch(r".*-(\d+)", name)
+    return f"-{layer.group(1)}" if layer else f" of {name}"
+
+
 def match_sam_attention(kqv: Tensor, users: dict[int, list[Tensor]]) -> tuple | None:
     """The sources of the fused op if `kqv` is the top of the SAM rel-pos attention pattern, else None."""
     if kqv.op != "mul_mat" or kqv.is_view:
@@ -163,8 +170,7 @@ def fuse_rel_pos(graph: Graph) -> int:
             continue
         (tab_w, idx_w), (tab_h, idx_h), width = m
         ctx = Context()
-        layer = re.fullmatch(r".*-(\d+)", attn.name)  # `sam_rel_attn-3` -> `rel_pos_w-3`
-        tag = f"-{layer.group(1)}" if layer else f" of {attn.name}"
+        tag = layer_tag(attn.name)  # `sam_rel_attn-3` -> `rel_pos_w-3`
         q = attn.srcs[0]
         rel_w = ctx.build(d, q, tab_w, idx_w, width=width, axis=0).set_name(f"rel_pos_w{tag}")
         rel_h = ctx.build(d, q, tab_h, idx_h, width=width, axis=1).set_name(f"rel_pos_h{tag}")
@@ -203,8 +209,7 @@ def fuse_attention_rows(graph: Graph) -> int:
             picked = Context().build(d, *attn.srcs, rows, **attn.params)
         except ShapeError:
             continue
-        layer = re.fullmatch(r".*-(\d+)", attn.name)
-        picked.set_name(f"{d.name}-{layer.group(1)}" if layer else f"{d.name} of {attn.name}")
+        picked.set_name(f"{d.name}{layer_tag(attn.name)}")
         mm.op, mm.srcs, mm.params = "mul_mat", (w, picked), {}
         n += 1
     return n

@@ -97,10 +97,10 @@ def sam_rel_attn_rows_fast(dst, out, q, k, v, rel_w, rel_h, rows, scale):
     g, qb = plan(H, Nq, k.shape[2])
     tasks = []
     for b in range(B):
-        sel = np.flatnonzero(first[b * Nq:(b + 1) * Nq] >= 0)
+        dest = first[b * Nq:(b + 1) * Nq]  # entry b's queries -> their first rows
+        sel = np.flatnonzero(dest >= 0)
         parts = [_run(sel[i0:i0 + qb]) for i0 in range(0, sel.size, qb)]
-        tasks += [(b, h0, min(h0 + g, H), part, first[b * Nq:(b + 1) * Nq][part])
-                  for h0 in range(0, H, g) for part in parts]
+        tasks += [(b, h0, min(h0 + g, H), part, dest[part]) for h0 in range(0, H, g) for part in parts]
     res = dst.reshape(-1, H, D)
     rw, rh = _bias_rows(whole_t, rel_w, rel_h)
     attend(res, q, k, v, rw, rh, F32(scale), g, qb, tasks)
