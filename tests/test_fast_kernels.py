@@ -444,6 +444,26 @@ def test_mul_mat_rows_in_parts_of_equal_kept_rows():
     assert used_fast
 
 
+@pytest.mark.parametrize("side,grid", [(64, 40), (64, 48), (16, 10), (16, 24)])
+def test_antialiased_resize_of_a_position_table(side, grid):
+    """The position-table resize of the reference-mode graphs (SAM's 64 x 64 table to a tile's grid, CLIP's 16 x 16
+    one): the fast kernel sums the filter's taps only, and gives the dense float64 filter's float32 values."""
+    from strategies import Case, Src, values
+
+    from npggml.ops.interpolate import ANTIALIAS, BICUBIC
+
+    a = Src(values(side, (side, side, 24, 1), "f32"), "f32")
+    mode = BICUBIC | ANTIALIAS
+    case = Case("interpolate", [a], dict(ne0=grid, ne1=grid, ne2=24, ne3=1, mode=mode))
+    node, inputs = build_case(case)
+    graph = Graph(node)
+    (ref,) = Interpreter(graph, numerics="exact", fast=False).run(inputs)
+    it = Interpreter(graph, numerics="exact", fast=True)
+    (fast,) = it.run(inputs)
+    assert it.kernel_used[graph.index[id(node)]] == "fast"
+    np.testing.assert_array_max_ulp(fast, ref, maxulp=1)
+
+
 @pytest.mark.parametrize("m,k,n", [(37, 5, 301), (301, 5, 37), (1023, 64, 96), (96, 64, 1023)])
 def test_split_product_equals_one_product(m, k, n):
     """`_blas.split`: a product cut over the pool (by rows of x when x is the larger operand, else by columns of

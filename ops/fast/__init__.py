@@ -15,6 +15,7 @@ from npggml.ops.fast import (  # noqa: F401
     linalg,
     movement,
     norm,
+    resize,
     sam_attn,
     sam_attn_rows,
     sam_rel_pos,
