@@ -286,6 +286,56 @@ def test_attn_task_paths(monkeypatch, path, nq, nk, heads, kv_heads, batch):
     assert used_fast
 
 
+def test_attn_skips_the_keys_a_mask_hides(monkeypatch):
+    """v2's hybrid mask (-1e9 where a query may not look): image queries need the image keys only, query i the
+    keys up to i. The fast kernel's blocks of query rows compute only the keys they need and agree with the
+    reference."""
+    from strategies import CONTIG, Case, Src, values
+
+    from npggml.models.deepseekocr2 import hybrid_mask
+    from npggml.ops.fast import attn
+
+    monkeypatch.setattr(attn, "REACH_ROWS", 2)
+    n_img, s, d, heads, kv_heads, batch = 5, 10, 5, 4, 2, 2
+    mask = hybrid_mask(n_img, s - n_img)[None, None]
+    q, k, v = (values(i, ne, "f32") for i, ne in enumerate([(d, s, heads, batch), (d, s, kv_heads, batch),
+                                                               (s, 4, kv_heads, batch)]))
+    reach = attn.key_reach(mask, attn._masks(mask, s), q, k, v, 0.5)
+    np.testing.assert_array_equal(reach, [[5, 5, 5, 5, 5, 6, 7, 8, 9, 10]])
+    assert attn.query_blocks(reach, np.array([0, 0]), s, s, 4) == [(0, 4, 5), (4, 6, 6), (6, 8, 8), (8, 10, 10)]
+    srcs = [Src(q, "f32", ("window", 1, 1, 3, 2)), Src(k, "f32", CONTIG), Src(v, "f32", ("perm", (1, 0, 2, 3))),
+            Src(mask, "f32", CONTIG)]
+    _, used_fast = _check_case("attn", "exact", Case("attn", srcs, {"scale": 0.5}))
+    assert used_fast
+
+
+@pytest.mark.parametrize("case", ["no mask", "scores too large", "value not finite", "mask NaN", "all masked"])
+def test_attn_needs_every_key_when_a_skip_is_not_exact(case):
+    """Keys are skipped only when their reference weights are provably 0: not without a mask, not when a score may
+    be large enough to reach past the mask, not with a value that 0 * v would make NaN, a NaN mask value or a
+    query whose keys are all masked."""
+    from npggml.models.deepseekocr2 import hybrid_mask
+    from npggml.ops.fast import attn
+
+    rng = np.random.default_rng(0)
+    q, k = (rng.standard_normal((1, 2, 8, 4)).astype(np.float32) for _ in range(2))
+    v = rng.standard_normal((1, 2, 4, 8)).astype(np.float32)
+    mask = hybrid_mask(4, 4)[None, None]
+    assert attn.key_reach(mask, attn._masks(mask, 8), q, k, v, 0.5) is not None
+    if case == "no mask":
+        mask = None
+    elif case == "scores too large":
+        q = q * np.float32(1e5)
+        k = k * np.float32(1e5)
+    elif case == "value not finite":
+        v[0, 0, 1, 7] = np.inf
+    elif case == "mask NaN":
+        mask[0, 0, 2, 3] = np.nan
+    else:
+        mask[0, 0, 6] = -np.inf
+    assert attn.key_reach(mask, attn._masks(mask, 8), q, k, v, 0.5) is None
+
+
 def test_sam_rel_attn_dense_keeps_values_and_unit_axis():
     """`dense` returns a dense view as is and copies a strided one into the order of its unit-stride axis: k's rows
     (a window of the qkv product) C-contiguous, v's columns (v read transposed) F-contiguous."""

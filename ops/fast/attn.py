@@ -22,10 +22,19 @@ group with it) or one head's block of query rows; each task's scores key-major f
 instead of 0, ~1e-38 of the query's sum; NaN kept) with each query's sum (float32 sums of 8 keys added into a
 double), a second sgemm with v, and each query's outputs times float32(1/sum). Under ggml numerics it runs the
 replaced nodes' fast kernels one after the other (their values bit for bit, holding the whole score tensor).
+
+Keys a mask hides are skipped where that is exact (`key_reach`): a key whose mask is more than REACH_GAP + 2 x the
+largest possible |score * scale| (D max|q| max|k|) below its query's best mask value has the reference weight
+exp(< -128) = 0, so a block of REACH_ROWS query rows stops at the last key one of its queries may need (blocks of
+equal reach merged). v2's hybrid mask (-1e9) then leaves its image queries the image keys and query i the keys up
+to i: ~30 % of the scores, 20 % off a global-view layer (8.0 -> 6.3 ms), 13 % off six tiles' (15.3 -> 13.4 ms).
+Not without a mask, nor with a NaN or +inf mask value, a query with every key masked, or a q, k or v value that is
+not finite (0 * inf is NaN in the reference's product with v).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -153,6 +162,77 @@ def _masks(mask: np.ndarray | None, nq: int) -> np.ndarray:
     return mT
 
 
+REACH_GAP = 128.0  # exp(-128) is 0 in float32 (below -104)
+REACH_ROWS = 64  # query rows with their own key reach (32 ran no faster, 128 saved fewer scores)
+
+
+@serial
+def _reach(mT, gap, reach):
+    """reach[z, c] = 1 + the last key of mask z (mT (M, Nk, Nq), a row per key) whose mask for query c is within
+    gap (plus 1e-6 of both values, for the scores' float rounding) of the query's largest; False (reach not
+    filled) when a mask value is NaN or +inf, or a query's masks are all -inf."""
+    nk, nq = mT.shape[1], mT.shape[2]
+    top = np.empty(nq, F32)
+    bad = np.zeros(nq, np.bool_)
+    for z in range(mT.shape[0]):
+        top[:] = -np.inf
+        for kk in range(nk):
+            row = mT[z, kk]
+            for c in range(nq):
+                x = row[c]
+                bad[c] |= (x != x) | (x == np.inf)
+                top[c] = x if x > top[c] else top[c]
+        for c in range(nq):
+            if bad[c] or top[c] == -np.inf:
+                return False
+            reach[z, c] = 0
+        for kk in range(nk):
+            row = mT[z, kk]
+            for c in range(nq):
+                t = F64(top[c])
+                x = F64(row[c])
+                reach[z, c] = kk + 1 if x >= t - gap - 1e-6 * (abs(t) + abs(x)) else reach[z, c]
+    return True
+
+
+def _amax(x: np.ndarray) -> float:
+    """max |x| (NaN if x holds one)."""
+    return max(float(x.max()), -float(x.min())) if x.size else 0.0
+
+
+def key_reach(mask, mT, q, k, v, scale) -> np.ndarray | None:
+    """(M, Nq) int64: how many keys each query of each distinct mask needs (the others have a zero weight in the
+    reference softmax), or None when every key is needed or that cannot be shown (no mask; a q, k, v or mask
+    value that is not finite)."""
+    if mask is None or not np.isfinite(v.sum(dtype=F64)):
+        return None
+    bound = abs(float(scale)) * q.shape[-1] * _amax(q) * _amax(k)  # |q.k| <= D max|q| max|k|
+    if not math.isfinite(bound):
+        return None
+    reach = np.empty(mT.shape[::2], np.int64)
+    if not _reach(mT, REACH_GAP + 2.0 * bound, reach) or reach.min() == mT.shape[1]:
+        return None
+    return reach
+
+
+def query_blocks(reach: np.ndarray | None, which: np.ndarray, nq: int, nk: int, qb: int) -> list[tuple]:
+    """(i0, i1, keys) of a task's query blocks: at most qb rows; with key reaches, blocks of REACH_ROWS rows that
+    need their own number of keys (the most any of the task's masks needs), runs of equal reach merged."""
+    if reach is None:
+        return [(i0, min(i0 + qb, nq), nk) for i0 in range(0, nq, qb)]
+    need = reach[which].max(axis=0)
+    unit = min(REACH_ROWS, qb)
+    out: list[tuple] = []
+    for i0 in range(0, nq, unit):
+        i1 = min(i0 + unit, nq)
+        ke = int(need[i0:i1].max())
+        if out and out[-1][2] == ke and i1 - out[-1][0] <= qb:
+            out[-1] = (out[-1][0], i1, ke)
+        else:
+            out.append((i0, i1, ke))
+    return out
+
+
 @attn.fast_kernel
 def attn_fast(dst, out, q, k, v, mask, scale):
     if not is_f32(q, k, v, dst) or not dst.flags.c_contiguous:
@@ -170,8 +250,15 @@ def attn_fast(dst, out, q, k, v, mask, scale):
     m3, m2 = (1, 1) if mask is None else mask.shape[:2]  # no mask: mT has the one row of zeros
     span = H if gh == 1 else gh  # heads that share one k and v
     g, qb = plan(span, H * B, Nq, Nk)
-    tasks = [(b, h0, h1, np.array([(b % m3) * m2 + h % m2 for h in range(h0, h1)]), i0, min(i0 + qb, Nq))
-             for b in range(B) for h0, h1 in head_runs(H, span, g) for i0 in range(0, Nq, qb)]
+    reach = key_reach(mask, mT, q, k, v, scale)
+    tasks = []
+    for b in range(B):
+        for h0, h1 in head_runs(H, span, g):
+            which = np.array([(b % m3) * m2 + h % m2 for h in range(h0, h1)])
+            tasks += [(b, h0, h1, which, *blk) for blk in query_blocks(reach, which, Nq, Nk, qb)]
+    # each block's masks as dense arrays: Numba vectorises the softmax over a block's queries only when their
+    # mask rows are contiguous (a column slice of mT ran its passes ~6x slower)
+    masks = {blk: np.ascontiguousarray(mT[:, : blk[2], blk[0]: blk[1]]) for blk in {t[4:] for t in tasks}}
     _blas.use_own_threads()
     scratch = {}
     sc = F32(scale)
@@ -182,17 +269,17 @@ def attn_fast(dst, out, q, k, v, mask, scale):
             scratch[tid] = (np.empty(g * Nk * qb, F32), np.empty((2, qb), F32), np.empty(g * qb, F64),
                             np.empty(g * Dv * qb, F32))
         s_buf, (colmax, part), acc_buf, r_buf = scratch[tid]
-        for b, h0, h1, which, i0, i1 in tasks[lo:hi]:
+        for b, h0, h1, which, i0, i1, ke in tasks[lo:hi]:
             m, n = h1 - h0, i1 - i0
             bk = b // gb
             if gh == 1:
-                kk, vv = k[bk, h0:h1], v[bk, h0:h1]
+                kk, vv = k[bk, h0:h1, :ke], v[bk, h0:h1, :, :ke]
             else:
-                kk, vv = k[bk, h0 // gh][None], v[bk, h0 // gh][None]
-            S = s_buf[: m * Nk * n].reshape(m, Nk, n)
+                kk, vv = k[bk, h0 // gh, :ke][None], v[bk, h0 // gh, :, :ke][None]
+            S = s_buf[: m * ke * n].reshape(m, ke, n)
             np.matmul(kk, q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)
             acc = acc_buf[: m * n].reshape(m, n)
-            _softmax_cols(S, mT[:, :, i0:i1], which, sc, colmax[:n], acc, part[:n])
+            _softmax_cols(S, masks[i0, i1, ke], which, sc, colmax[:n], acc, part[:n])
             R = r_buf[: m * n * Dv].reshape(m, n, Dv)
             np.matmul(S.transpose(0, 2, 1), vv.transpose(0, 2, 1), out=R)
             normalise_queries(R, acc, dst[b, h0:h1, i0:i1])
