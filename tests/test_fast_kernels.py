@@ -57,15 +57,21 @@ def _compare(op: str, numerics: str, fast: np.ndarray, ref: np.ndarray, case) ->
     assert err <= RTOL * scale, f"{case}: max |fast - ref| = {err:.3g} > {RTOL} * {scale:.3g}"
 
 
-def _check_case(op: str, numerics: str, case):
-    """Run a case with the reference and the fast kernels, compare; returns (node, whether the fast one ran)."""
+def _run_both(case, numerics: str):
+    """A case's node and its values with the reference and the fast kernels, and whether the fast one ran."""
     node, inputs = build_case(case)
     graph = Graph(node)
     (ref,) = Interpreter(graph, numerics=numerics, fast=False).run(inputs)
     it = Interpreter(graph, numerics=numerics, fast=True)
     (fast,) = it.run(inputs)
+    return node, ref, fast, it.kernel_used[graph.index[id(node)]] == "fast"
+
+
+def _check_case(op: str, numerics: str, case):
+    """Run a case with the reference and the fast kernels, compare; returns (node, whether the fast one ran)."""
+    node, ref, fast, used_fast = _run_both(case, numerics)
     _compare(op, numerics, fast, ref, case)
-    return node, it.kernel_used[graph.index[id(node)]] == "fast"
+    return node, used_fast
 
 
 @pytest.mark.parametrize("numerics", ["ggml", "exact"])
@@ -505,12 +511,8 @@ def test_antialiased_resize_of_a_position_table(side, grid):
     a = Src(values(side, (side, side, 24, 1), "f32"), "f32")
     mode = BICUBIC | ANTIALIAS
     case = Case("interpolate", [a], dict(ne0=grid, ne1=grid, ne2=24, ne3=1, mode=mode))
-    node, inputs = build_case(case)
-    graph = Graph(node)
-    (ref,) = Interpreter(graph, numerics="exact", fast=False).run(inputs)
-    it = Interpreter(graph, numerics="exact", fast=True)
-    (fast,) = it.run(inputs)
-    assert it.kernel_used[graph.index[id(node)]] == "fast"
+    _, ref, fast, used_fast = _run_both(case, "exact")
+    assert used_fast
     np.testing.assert_array_max_ulp(fast, ref, maxulp=1)
 
 
