@@ -280,8 +280,8 @@ def attn_fast(dst, out, q, k, v, mask, scale):
             np.matmul(kk, q[b, h0:h1, i0:i1].transpose(0, 2, 1), out=S)
             acc = acc_buf[: m * n].reshape(m, n)
             _softmax_cols(S, masks[i0, i1, ke], which, sc, colmax[:n], acc, part[:n])
-            R = r_buf[: m * n * Dv].reshape(m, n, Dv)
-            np.matmul(S.transpose(0, 2, 1), vv.transpose(0, 2, 1), out=R)
+            R = r_buf[: m * Dv * n].reshape(m, Dv, n)
+            np.matmul(vv, S, out=R)  # v @ p, as in `sam_rel_attn`
             normalise_queries(R, acc, dst[b, h0:h1, i0:i1])
 
     _blas.run_split(work, len(tasks))

@@ -23,9 +23,10 @@ the queries: the max of the scaled and biased scores over every 8th row of the k
 was ~5 % of a task, and any shift at most the true max gives the same softmax: `_softmax_cols` says how sums that
 come out large are handled), then their exponentials in place with each query's sum (float32 sums of 8 keys added
 into a double, in key order; `exp32_lean`, within 1.2 ulp of exp), multiplies them by v with a second sgemm,
-query-major (`p^T @ v^T`; session 5's Zen 3 ran `v @ p` 5-10 % faster, session 19's Zen 4 ran this one level for a
-global view and 1-4 % faster for windows and tiles, with the same bits), and writes each query's 64 outputs times
-1/sum into the result (the reference normalises the probabilities before the product: the same value to float32
+`v @ p`, a column per query (against `p^T @ v^T`: 5-10 % faster on session 5's Zen 3; level for a global view and
+1-4 % slower for windows and tiles on session 19's Zen 4; on session 25's Ice Lake 3-19 % faster as one thread's
+product, a global layer 2 % faster and windows and tiles level), and writes each query's 64 outputs times 1/sum
+into the result (the reference normalises the probabilities before the product: the same value to float32
 rounding). Memory: one task's scores per thread. Under ggml numerics it goes head by head through the mul_mat
 kernels themselves and soft_max_ext's ggml softmax, so that it reproduces whatever ggml kernel they reproduce (one
 head's scores).
@@ -251,13 +252,13 @@ def _settle_sums(sT, acc, inv):
 
 @serial
 def normalise_queries(R, acc, res):
-    """res[j, c, :] = R[j, c, :] * float(1/sum) per query c: the rows of the product with v are normalised after
-    the product instead of before."""
+    """res[j, c, :] = R[j, :, c] * float(1/sum) per query c: the product with v (R = v @ p, a column per query)
+    is normalised after the product instead of before."""
     for j in range(R.shape[0]):
-        for c in range(R.shape[1]):
+        for c in range(R.shape[2]):
             inv = F32(1.0 / acc[j, c])
-            for d in range(R.shape[2]):
-                res[j, c, d] = R[j, c, d] * inv
+            for d in range(R.shape[1]):
+                res[j, c, d] = R[j, d, c] * inv
 
 
 @kernel
@@ -384,9 +385,8 @@ def attend(dst, q, k, v, rw, rh, sc, g, qb, tasks) -> None:
             if not _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n], MAX_SAMPLE_STEP):
                 np.matmul(kk, qT, out=S)  # a sum may have overflowed: again, with the true max
                 _softmax_cols(S, rw_b, rh_b, sc, colmax[:n], acc, part[:n], 1)
-            R = r_buf[: m * n * D].reshape(m, n, D)
-            # query-major, S^T v^T (the module docstring says why)
-            np.matmul(S.transpose(0, 2, 1), vv.transpose(0, 2, 1), out=R)
+            R = r_buf[: m * D * n].reshape(m, D, n)
+            np.matmul(vv, S, out=R)  # v @ p, a column per query (the module docstring says why)
             if dest is None:
                 normalise_queries(R, acc, dst[b, h0:h1, sel])
             else:
@@ -397,11 +397,11 @@ def attend(dst, q, k, v, rw, rh, sc, g, qb, tasks) -> None:
 
 @serial
 def normalise_rows(R, acc, res, dest, h0):
-    """res[dest[c], h0 + j, :] = R[j, c, :] * float(1/sum): `normalise_queries` into the rows `dest` of res (n, H,
+    """res[dest[c], h0 + j, :] = R[j, :, c] * float(1/sum): `normalise_queries` into the rows `dest` of res (n, H,
     D), an attention output with each token's heads side by side in its row."""
     for j in range(R.shape[0]):
-        for c in range(R.shape[1]):
+        for c in range(R.shape[2]):
             inv = F32(1.0 / acc[j, c])
             row = res[dest[c], h0 + j]
-            for d in range(R.shape[2]):
-                row[d] = R[j, c, d] * inv
+            for d in range(R.shape[1]):
+                row[d] = R[j, d, c] * inv
